@@ -1,0 +1,36 @@
+"""Artifacts: the versioned hand-off from training to serving."""
+
+from recxfer.artifacts.errors import ArtifactError
+from recxfer.artifacts.layout import domain_dir, index_file, load_domain, save_domain
+from recxfer.artifacts.store import (
+    CURRENT,
+    MANIFEST,
+    Artifact,
+    ArtifactBuilder,
+    current_version,
+    list_versions,
+    new_version,
+    prune,
+    publish,
+    read_artifact,
+    write_artifact,
+)
+
+__all__ = [
+    "CURRENT",
+    "MANIFEST",
+    "Artifact",
+    "ArtifactBuilder",
+    "ArtifactError",
+    "current_version",
+    "domain_dir",
+    "index_file",
+    "list_versions",
+    "load_domain",
+    "new_version",
+    "prune",
+    "publish",
+    "read_artifact",
+    "save_domain",
+    "write_artifact",
+]

@@ -1,0 +1,104 @@
+"""Where each domain's tables live inside an artifact, and how they are (de)serialised.
+
+Per domain ``D`` (no pickle anywhere: ``.npy`` loaded with ``allow_pickle=False``,
+ids as JSON lists of strings)::
+
+    domains/D/user_ids.json      (n_users,) external ids
+    domains/D/user_emb.npy       (n_users, d) float32
+    domains/D/user_origin.npy    (n_users,) uint8: 0 warm, 1 transfer
+    domains/D/item_ids.json      (n_items,) external ids
+    domains/D/item_emb.npy       (n_items, d) float32
+    domains/D/item_popularity.npy (n_items,) int64
+    domains/D/seen_indptr.npy    (n_users + 1,) int64
+    domains/D/seen_indices.npy   (nnz,) int64
+    domains/D/index.faiss        optional, written by the index stage
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from recxfer.artifacts.errors import ArtifactError
+from recxfer.artifacts.store import Artifact
+from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
+
+_DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ORIGINS = (UserOrigin.WARM.value, UserOrigin.TRANSFER.value)
+
+
+def domain_dir(domain: str) -> str:
+    """Relative folder of a domain's files.
+
+    Raises:
+        ValueError: a domain name unsafe as a folder name.
+    """
+    if not _DOMAIN_RE.match(domain):
+        raise ValueError(f"domain name {domain!r} must match {_DOMAIN_RE.pattern}")
+    return f"domains/{domain}"
+
+
+def index_file(domain: str) -> str:
+    """Relative path of a domain's faiss index."""
+    return f"{domain_dir(domain)}/index.faiss"
+
+
+def save_domain(folder: Path, emb: DomainEmbeddings) -> None:
+    """Write ``emb`` under ``folder/domains/<domain>/``."""
+    out = folder / domain_dir(emb.domain)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "user_ids.json").write_text(json.dumps([str(u) for u in emb.user_ids]))
+    (out / "item_ids.json").write_text(json.dumps([str(i) for i in emb.item_ids]))
+    origin = np.array([_ORIGINS.index(str(o)) for o in emb.user_origin], dtype=np.uint8)
+    arrays = {
+        "user_emb": np.ascontiguousarray(emb.user_emb, dtype=np.float32),
+        "user_origin": origin,
+        "item_emb": np.ascontiguousarray(emb.item_emb, dtype=np.float32),
+        "item_popularity": emb.item_popularity.astype(np.int64),
+        "seen_indptr": emb.seen.indptr.astype(np.int64),
+        "seen_indices": emb.seen.indices.astype(np.int64),
+    }
+    for name, array in arrays.items():
+        np.save(out / f"{name}.npy", array, allow_pickle=False)
+
+
+def _load_ids(path: Path) -> np.ndarray:
+    ids = json.loads(path.read_text())
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ArtifactError(f"{path}: expected a JSON list of string ids")
+    return np.array(ids, dtype=object)
+
+
+def load_domain(artifact: Artifact, domain: str) -> DomainEmbeddings:
+    """Read one domain's tables from a verified artifact.
+
+    Raises:
+        ArtifactError: a file is missing or its content is inconsistent.
+    """
+    base = domain_dir(domain)
+    try:
+        arrays = {
+            name: np.load(artifact.file(f"{base}/{name}.npy"), allow_pickle=False)
+            for name in (
+                "user_emb", "user_origin", "item_emb", "item_popularity",
+                "seen_indptr", "seen_indices",
+            )
+        }
+        origin_codes = arrays["user_origin"]
+        if origin_codes.size and origin_codes.max() >= len(_ORIGINS):
+            raise ArtifactError(f"{artifact.path}: {domain}: bad user_origin codes")
+        return DomainEmbeddings(
+            domain=domain,
+            user_ids=_load_ids(artifact.file(f"{base}/user_ids.json")),
+            user_emb=arrays["user_emb"],
+            user_origin=np.array(_ORIGINS, dtype=object)[origin_codes],
+            item_ids=_load_ids(artifact.file(f"{base}/item_ids.json")),
+            item_emb=arrays["item_emb"],
+            seen=SeenItems(arrays["seen_indptr"], arrays["seen_indices"]),
+            item_popularity=arrays["item_popularity"],
+        )
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{artifact.path}: domain {domain!r} cannot be loaded: {exc}") from exc

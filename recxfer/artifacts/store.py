@@ -1,0 +1,251 @@
+"""Versioned artifact folders: atomic write, checksum verification, publishing.
+
+An artifact is a folder ``ROOT/<version>/`` holding files and ``manifest.json``::
+
+    {"format": 1, "version": ..., "created_at": ..., "config": {...},
+     "data_fingerprint": ..., "metrics": {...},
+     "files": {"relative/path": {"sha256": ..., "bytes": ...}, ...}}
+
+It is staged under a hidden temporary name in ``ROOT`` and renamed into place
+only when complete, so a final name never holds a partial artifact. The
+``ROOT/current`` symlink names the production artifact and is switched with an
+atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from recxfer.artifacts.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+CURRENT = "current"
+FORMAT = 1
+_STAGING_PREFIX = ".staging-"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_version(now: datetime | None = None) -> str:
+    """A sortable, unique version name: ``YYYYmmddTHHMMSSZ-<6 hex>``."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def file(self, relative: str) -> Path:
+        """Path of a listed file.
+
+        Raises:
+            ArtifactError: the file is not in the manifest.
+        """
+        if relative not in self.manifest["files"]:
+            raise ArtifactError(f"{self.path}: artifact has no file {relative!r}")
+        return self.path / relative
+
+
+@contextlib.contextmanager
+def write_artifact(
+    root: str | Path,
+    config: dict[str, Any],
+    data_fingerprint: str,
+    version: str | None = None,
+) -> Iterator["ArtifactBuilder"]:
+    """Stage an artifact; on clean exit, checksum, write the manifest and rename it
+    to ``ROOT/<version>``. On error the staging folder is removed.
+
+    Usage::
+
+        with write_artifact(root, config, fp) as builder:
+            np.save(builder.path / "x.npy", x)
+            builder.metrics["books"] = {...}
+        builder.artifact  # the final, verified Artifact
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    version = version or new_version()
+    final = root / version
+    if final.exists():
+        raise ArtifactError(f"{final}: an artifact with this version already exists")
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{version}-", dir=root))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; servers may run as another user
+    builder = ArtifactBuilder(staging, version, config, data_fingerprint)
+    try:
+        yield builder
+        builder._seal()
+        os.rename(staging, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    builder.artifact = read_artifact(final)
+
+
+class ArtifactBuilder:
+    """A staging folder being filled; see ``write_artifact``."""
+
+    def __init__(self, path: Path, version: str, config: dict[str, Any], fingerprint: str) -> None:
+        self.path = path
+        self.version = version
+        self.config = config
+        self.fingerprint = fingerprint
+        self.metrics: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}
+        self.artifact: Artifact | None = None
+
+    def _seal(self) -> None:
+        files = {}
+        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            rel = file.relative_to(self.path).as_posix()
+            if rel == MANIFEST:
+                raise ArtifactError(f"{MANIFEST} is written by the artifact store, not by callers")
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())
+            files[rel] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
+        manifest = {
+            "format": FORMAT,
+            "version": self.version,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": self.config,
+            "data_fingerprint": self.fingerprint,
+            "metrics": self.metrics,
+            "files": files,
+            **self.extra,
+        }
+        manifest_path = self.path / MANIFEST
+        with manifest_path.open("w") as handle:
+            json.dump(manifest, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(self.path)
+
+
+def read_artifact(path: str | Path) -> Artifact:
+    """Open and verify an artifact (a version folder or the ``current`` link).
+
+    Raises:
+        ArtifactError: no manifest, unreadable manifest, unknown format, a listed
+            file missing, of the wrong size or with the wrong sha256, or an
+            unlisted file present.
+    """
+    path = Path(path).resolve()
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: no artifact folder here")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: no {MANIFEST}; the artifact is partial or not an artifact")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{manifest_path}: unknown artifact format {manifest.get('format')!r}")
+    for key in ("version", "files"):
+        if key not in manifest:
+            raise ArtifactError(f"{manifest_path}: manifest lacks {key!r}")
+    listed = manifest["files"]
+    for rel, meta in listed.items():
+        file = path / rel
+        if not file.is_file():
+            raise ArtifactError(f"{path}: file {rel!r} listed in the manifest is missing")
+        if file.stat().st_size != meta["bytes"]:
+            raise ArtifactError(
+                f"{path}: file {rel!r} has {file.stat().st_size} bytes, manifest says {meta['bytes']}"
+            )
+        if sha256_file(file) != meta["sha256"]:
+            raise ArtifactError(f"{path}: file {rel!r} fails its sha256 check (corrupt)")
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    unlisted = sorted(present - set(listed) - {MANIFEST})
+    if unlisted:
+        raise ArtifactError(f"{path}: files not in the manifest: {unlisted[:5]}")
+    return Artifact(path, manifest)
+
+
+def publish(root: str | Path, version: str) -> Path:
+    """Point ``ROOT/current`` at ``ROOT/<version>`` atomically (verified first).
+
+    Returns:
+        The ``current`` link path.
+    """
+    root = Path(root)
+    read_artifact(root / version)
+    link = root / CURRENT
+    tmp = root / f".{CURRENT}-{uuid.uuid4().hex[:8]}"
+    os.symlink(version, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(root)
+    return link
+
+
+def current_version(root: str | Path) -> str | None:
+    """The version ``ROOT/current`` points at, or ``None``."""
+    link = Path(root) / CURRENT
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def list_versions(root: str | Path) -> list[str]:
+    """Complete artifact versions in ``root``, oldest first (staging folders excluded)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+        and (p / MANIFEST).is_file()
+    )
+
+
+def prune(root: str | Path, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` versions, never the current one.
+
+    Returns:
+        The versions deleted.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    current = current_version(root)
+    versions = list_versions(root)
+    doomed = [v for v in versions[:-keep] if v != current]
+    for version in doomed:
+        shutil.rmtree(Path(root) / version)
+    return doomed

@@ -1,0 +1,225 @@
+"""Read and validate the canonical interactions and items tables.
+
+Interactions: ``user_id``, ``item_id``, ``domain`` and optionally ``weight``
+(positive float) and ``timestamp`` (integer). Items: ``item_id``, ``domain``,
+``title`` and optionally ``text``. Ids are read as strings whatever their look,
+so ``"007"`` and ``7`` stay distinct and match across files.
+
+Files may be CSV (``.csv``), TSV (``.tsv``/``.txt``) or Parquet (``.parquet``), or a
+folder of such files (e.g. Parquet partitions), which are concatenated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from recxfer.data.errors import DataValidationError
+
+INTERACTION_REQUIRED = ("user_id", "item_id", "domain")
+INTERACTION_OPTIONAL = ("weight", "timestamp")
+ITEM_REQUIRED = ("item_id", "domain", "title")
+ITEM_OPTIONAL = ("text",)
+_ID_COLUMNS = ("user_id", "item_id", "domain")
+_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Columns one table must and may have."""
+
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+
+
+INTERACTIONS = TableSpec("interactions", INTERACTION_REQUIRED, INTERACTION_OPTIONAL)
+ITEMS = TableSpec("items", ITEM_REQUIRED, ITEM_OPTIONAL)
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+        if not files:
+            raise DataValidationError(
+                f"{path}: folder holds no {'/'.join(sorted(_SUFFIXES))} files"
+            )
+        return files
+    if not path.exists():
+        raise DataValidationError(f"{path}: no such file")
+    if path.suffix not in _SUFFIXES:
+        raise DataValidationError(
+            f"{path}: unsupported format {path.suffix!r}; use one of {sorted(_SUFFIXES)}"
+        )
+    return [path]
+
+
+def _read_one(path: Path, spec: TableSpec) -> pd.DataFrame:
+    sep = _SUFFIXES[path.suffix]
+    try:
+        if sep is None:
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(
+                path, sep=sep, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False,
+                na_values={"weight": [""], "timestamp": [""]},
+            )
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataValidationError(f"{path}: cannot be read as {spec.name}: {exc}") from exc
+    _check_columns(frame, spec, path)
+    return frame
+
+
+def _check_columns(frame: pd.DataFrame, spec: TableSpec, path: Path) -> None:
+    columns = list(frame.columns)
+    missing = [c for c in spec.required if c not in columns]
+    if missing:
+        raise DataValidationError(
+            f"{path}: missing column(s) {missing} in {spec.name}; found {columns}, "
+            f"required {list(spec.required)}"
+        )
+    extra = [c for c in columns if c not in spec.required + spec.optional]
+    if extra:
+        raise DataValidationError(
+            f"{path}: unexpected column(s) {extra} in {spec.name}; allowed "
+            f"{list(spec.required + spec.optional)}"
+        )
+
+
+def _normalise(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.DataFrame:
+    frame = frame.copy()
+    for col in _ID_COLUMNS:
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        null = values.isna() | (values.astype(str).str.strip() == "")
+        if null.any():
+            rows = (frame.index[null][:5] + 2).tolist()  # +2: 1-based and header line
+            raise DataValidationError(
+                f"{path}: column {col!r} has {int(null.sum())} empty value(s) "
+                f"(first at line(s) {rows})"
+            )
+        frame[col] = values.astype(str).str.strip()
+    if "weight" in frame.columns:
+        weight = pd.to_numeric(frame["weight"], errors="coerce")
+        bad = weight.isna() | (weight <= 0)
+        if bad.any():
+            raise DataValidationError(
+                f"{path}: column 'weight' must be a positive number; {int(bad.sum())} bad "
+                f"value(s), e.g. {frame['weight'][bad].iloc[0]!r}"
+            )
+        frame["weight"] = weight.astype("float32")
+    if "timestamp" in frame.columns:
+        ts = pd.to_numeric(frame["timestamp"], errors="coerce")
+        if ts.isna().any():
+            raise DataValidationError(
+                f"{path}: column 'timestamp' must be an integer; e.g. "
+                f"{frame['timestamp'][ts.isna()].iloc[0]!r}"
+            )
+        frame["timestamp"] = ts.astype("int64")
+    for col in ("title", "text"):
+        if col in frame.columns:
+            frame[col] = frame[col].fillna("").astype(str)
+    return frame
+
+
+def read_table(path: str | Path, spec: TableSpec) -> pd.DataFrame:
+    """Read and validate one table (a file or a folder of files).
+
+    Raises:
+        DataValidationError: unreadable file, missing/extra column, empty id,
+            bad weight/timestamp, or files in one folder with different columns.
+    """
+    path = Path(path)
+    frames = []
+    for file in _files_of(path):
+        frames.append(_normalise(_read_one(file, spec), spec, file))
+    if len({tuple(sorted(f.columns)) for f in frames}) > 1:
+        raise DataValidationError(f"{path}: files disagree on the columns of {spec.name}")
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def read_interactions(
+    path: str | Path, domains: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read, validate and check an interactions table.
+
+    Args:
+        path: file or folder of files.
+        domains: domains that must each have at least one row (if given).
+
+    Raises:
+        DataValidationError: see ``read_table``; also duplicate
+            ``(user_id, item_id, domain[, timestamp])`` rows and configured
+            domains with no rows.
+    """
+    path = Path(path)
+    frame = read_table(path, INTERACTIONS)
+    key = ["user_id", "item_id", "domain"] + (["timestamp"] if "timestamp" in frame else [])
+    dup = frame.duplicated(subset=key, keep="first")
+    if dup.any():
+        first = frame[dup].iloc[0]
+        raise DataValidationError(
+            f"{path}: {int(dup.sum())} duplicate row(s) on columns {key}; first: "
+            + ", ".join(f"{c}={first[c]!r}" for c in key)
+        )
+    if domains is not None:
+        present = set(frame["domain"].unique())
+        empty = [d for d in domains if d not in present]
+        if empty:
+            raise DataValidationError(
+                f"{path}: column 'domain' has no rows for configured domain(s) {empty}; "
+                f"present: {sorted(present)}"
+            )
+    return frame
+
+
+def read_items(path: str | Path, interactions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Read and validate an items table; optionally check it covers ``interactions``.
+
+    Raises:
+        DataValidationError: see ``read_table``; also duplicate ``(item_id, domain)``
+            rows, and interaction items with no items row.
+    """
+    path = Path(path)
+    frame = read_table(path, ITEMS)
+    dup = frame.duplicated(subset=["item_id", "domain"])
+    if dup.any():
+        first = frame[dup].iloc[0]
+        raise DataValidationError(
+            f"{path}: {int(dup.sum())} duplicate item(s) on columns ['item_id', 'domain']; "
+            f"first: item_id={first['item_id']!r}, domain={first['domain']!r}"
+        )
+    if interactions is not None:
+        known = pd.MultiIndex.from_frame(frame[["item_id", "domain"]])
+        used = pd.MultiIndex.from_frame(
+            interactions[["item_id", "domain"]].drop_duplicates()
+        )
+        unknown = used.difference(known)
+        if len(unknown):
+            item, domain = unknown[0]
+            raise DataValidationError(
+                f"{path}: {len(unknown)} interaction item(s) have no row in column "
+                f"'item_id'; first: item_id={item!r}, domain={domain!r}"
+            )
+    return frame
+
+
+def find_table(data_dir: str | Path, stem: str) -> Path:
+    """Locate ``DATA_DIR/<stem>.{csv,tsv,parquet}`` or the folder ``DATA_DIR/<stem>/``.
+
+    Raises:
+        DataValidationError: none or several candidates.
+    """
+    data_dir = Path(data_dir)
+    candidates = [data_dir / f"{stem}{s}" for s in _SUFFIXES] + [data_dir / stem]
+    found = [c for c in candidates if c.exists()]
+    if len(found) != 1:
+        raise DataValidationError(
+            f"{data_dir}: expected exactly one of {[c.name for c in candidates]}, found "
+            f"{[c.name for c in found] or 'none'}"
+        )
+    return found[0]

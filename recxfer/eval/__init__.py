@@ -1,0 +1,19 @@
+"""Evaluation: metrics, protocols, baselines, reports."""
+
+from recxfer.eval.cold_start import evaluate_cold_start
+from recxfer.eval.metrics import hit_rate_at_k, mrr, mrr_from_scores, ndcg_at_k, recall_at_k
+from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics
+from recxfer.eval.report import markdown_table, write_results
+
+__all__ = [
+    "DEFAULT_KS",
+    "evaluate_cold_start",
+    "full_ranking_metrics",
+    "hit_rate_at_k",
+    "markdown_table",
+    "mrr",
+    "mrr_from_scores",
+    "ndcg_at_k",
+    "recall_at_k",
+    "write_results",
+]

@@ -1,0 +1,60 @@
+"""Exact maximum-inner-product search with torch (CPU, or CUDA when present).
+
+This is the reference every approximate index is checked against, and the GPU
+path on hosts where faiss has no GPU build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from recxfer.index.base import check_search_args, drop_excluded, fetch_size
+from recxfer.types import SearchResult
+
+
+class ExactIndex:
+    """Brute-force top-k: ``scores = queries @ items.T`` in chunks, then ``topk``."""
+
+    def __init__(self, item_emb: np.ndarray, device: str = "auto", chunk: int = 4096) -> None:
+        """Args:
+        item_emb: ``(n_items, d)`` float32.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        chunk: queries scored per step (bounds memory to ``chunk * n_items``).
+        """
+        if item_emb.ndim != 2 or item_emb.shape[0] == 0:
+            raise ValueError(f"item_emb must be a non-empty (n, d) array, got {item_emb.shape}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self._items = torch.as_tensor(
+            np.ascontiguousarray(item_emb, dtype=np.float32), device=self.device
+        )  # (I, d)
+        self._chunk = chunk
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._items.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._items.shape[1])
+
+    @torch.no_grad()
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> SearchResult:
+        queries = check_search_args(queries, k, self.dim, exclude)
+        k_fetch = fetch_size(k, self.ntotal, exclude)
+        all_idx, all_scores = [], []
+        for start in range(0, queries.shape[0], self._chunk):
+            q = torch.as_tensor(queries[start : start + self._chunk], device=self.device)
+            scores = q @ self._items.T  # (chunk, I)
+            top = torch.topk(scores, k_fetch, dim=1)  # (chunk, k_fetch)
+            all_idx.append(top.indices.cpu().numpy())
+            all_scores.append(top.values.float().cpu().numpy())
+        if not all_idx:
+            return SearchResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
+        return drop_excluded(np.concatenate(all_idx), np.concatenate(all_scores), k, exclude)

@@ -1,0 +1,91 @@
+"""FAISS inner-product index built from a factory string; on GPU when faiss has one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from recxfer.index.base import check_search_args, drop_excluded, fetch_size
+from recxfer.types import SearchResult
+
+try:  # faiss comes as an extra (faiss-cpu / faiss-gpu)
+    import faiss
+except ImportError:  # pragma: no cover - depends on the install
+    faiss = None
+
+
+def faiss_available() -> bool:
+    """Whether the faiss package can be imported."""
+    return faiss is not None
+
+
+def faiss_gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu)."""
+    if faiss is None:
+        return 0
+    return int(getattr(faiss, "get_num_gpus", lambda: 0)())
+
+
+class FaissIndex:
+    """Wraps a faiss index with inner-product metric and seen-item exclusion.
+
+    Exclusion over-fetches ``k + max(len(excluded))`` candidates, so a row gets
+    exactly ``k`` results whenever the catalogue has that many admissible items.
+    """
+
+    def __init__(self, index: "faiss.Index", factory: str, use_gpu: bool = False) -> None:
+        if faiss is None:
+            raise RuntimeError("faiss is not installed: install recxfer[cpu] or recxfer[gpu]")
+        self.factory = factory
+        self._cpu_index = index
+        self._index = index
+        if use_gpu and faiss_gpu_count() > 0:
+            self._index = faiss.index_cpu_to_all_gpus(index)
+        self.on_gpu = self._index is not index
+
+    @classmethod
+    def build(
+        cls, item_emb: np.ndarray, factory: str = "Flat", use_gpu: bool = True
+    ) -> "FaissIndex":
+        """Build from ``(n_items, d)`` float32 embeddings; trains the index if needed."""
+        if faiss is None:
+            raise RuntimeError("faiss is not installed: install recxfer[cpu] or recxfer[gpu]")
+        items = np.ascontiguousarray(item_emb, dtype=np.float32)
+        if items.ndim != 2 or items.shape[0] == 0:
+            raise ValueError(f"item_emb must be a non-empty (n, d) array, got {items.shape}")
+        index = faiss.index_factory(items.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            index.train(items)
+        index.add(items)
+        return cls(index, factory, use_gpu)
+
+    @classmethod
+    def load(cls, path: str | Path, factory: str, use_gpu: bool = True) -> "FaissIndex":
+        """Read an index written by ``save``."""
+        if faiss is None:
+            raise RuntimeError("faiss is not installed: install recxfer[cpu] or recxfer[gpu]")
+        return cls(faiss.read_index(str(path)), factory, use_gpu)
+
+    def save(self, path: str | Path) -> None:
+        """Write the (CPU copy of the) index to ``path``."""
+        faiss.write_index(self._cpu_index, str(path))
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> SearchResult:
+        queries = check_search_args(queries, k, self.dim, exclude)
+        if queries.shape[0] == 0:
+            return SearchResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
+        k_fetch = fetch_size(k, self.ntotal, exclude)
+        scores, idx = self._index.search(queries, k_fetch)  # (n, k_fetch) each
+        return drop_excluded(idx.astype(np.int64), scores, k, exclude)

@@ -1,0 +1,113 @@
+"""Bottom layer: small value types shared by every stage.
+
+Naming: ``*_ids`` are external ids (strings from the data), ``*_idx`` are row
+positions into an embedding table. The two are never mixed in one array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Top-k result of a batch of queries, best first.
+
+    Attributes:
+        idx: ``(n_queries, k)`` int64 row positions into the item table; ``-1``
+            pads rows that have fewer than ``k`` admissible items.
+        scores: ``(n_queries, k)`` float32 scores; ``-inf`` where ``idx`` is ``-1``.
+    """
+
+    idx: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.idx.shape != self.scores.shape or self.idx.ndim != 2:
+            raise ValueError(
+                f"idx {self.idx.shape} and scores {self.scores.shape} must be equal 2-d shapes"
+            )
+
+
+class UserOrigin(str, Enum):
+    """How a user's embedding in a domain was obtained."""
+
+    WARM = "warm"  # trained on the user's own history in that domain
+    TRANSFER = "transfer"  # mapped from the source domain (cold-start)
+
+
+@dataclass(frozen=True)
+class SeenItems:
+    """Items each user interacted with in training, as CSR rows.
+
+    Attributes:
+        indptr: ``(n_users + 1,)`` int64; user ``u``'s items are
+            ``indices[indptr[u]:indptr[u + 1]]``.
+        indices: ``(nnz,)`` int64 item row positions.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    def row(self, user_idx: int) -> np.ndarray:
+        """Item positions seen by one user: ``(n_seen,)`` int64."""
+        return self.indices[self.indptr[user_idx] : self.indptr[user_idx + 1]]
+
+    def rows(self, user_idx: np.ndarray) -> list[np.ndarray]:
+        """Item positions seen by each of ``user_idx`` (``(n,)``)."""
+        return [self.row(int(u)) for u in user_idx]
+
+    @property
+    def n_users(self) -> int:
+        return int(self.indptr.shape[0] - 1)
+
+    @staticmethod
+    def from_pairs(n_users: int, user_idx: np.ndarray, item_idx: np.ndarray) -> "SeenItems":
+        """Build from ``(nnz,)`` user/item position pairs (duplicates are kept once)."""
+        pairs = np.unique(np.stack([user_idx.astype(np.int64), item_idx.astype(np.int64)]), axis=1)
+        counts = np.bincount(pairs[0], minlength=n_users)
+        indptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return SeenItems(indptr=indptr, indices=pairs[1].copy())
+
+
+@dataclass(frozen=True)
+class DomainEmbeddings:
+    """Everything needed to recommend in one domain: the hand-off from training
+    to serving, stored in an artifact.
+
+    Attributes:
+        domain: domain name, e.g. ``"books"``.
+        user_ids: ``(n_users,)`` external user ids, row ``i`` of ``user_emb``.
+        user_emb: ``(n_users, d)`` float32 user embeddings.
+        user_origin: ``(n_users,)`` ``UserOrigin`` values as strings.
+        item_ids: ``(n_items,)`` external item ids, row ``j`` of ``item_emb``.
+        item_emb: ``(n_items, d)`` float32 item embeddings; score = ``user_emb @ item_emb.T``.
+        seen: training items per user (rows aligned with ``user_ids``).
+        item_popularity: ``(n_items,)`` int64 training interaction counts.
+    """
+
+    domain: str
+    user_ids: np.ndarray
+    user_emb: np.ndarray
+    user_origin: np.ndarray
+    item_ids: np.ndarray
+    item_emb: np.ndarray
+    seen: SeenItems
+    item_popularity: np.ndarray
+
+    def __post_init__(self) -> None:
+        n_users, n_items = len(self.user_ids), len(self.item_ids)
+        if self.user_emb.shape[0] != n_users or self.user_origin.shape[0] != n_users:
+            raise ValueError(f"{self.domain}: user tables disagree on the number of users")
+        if self.item_emb.shape[0] != n_items or self.item_popularity.shape[0] != n_items:
+            raise ValueError(f"{self.domain}: item tables disagree on the number of items")
+        if self.user_emb.shape[1] != self.item_emb.shape[1]:
+            raise ValueError(
+                f"{self.domain}: user dim {self.user_emb.shape[1]} != item dim {self.item_emb.shape[1]}"
+            )
+        if self.seen.n_users != n_users:
+            raise ValueError(f"{self.domain}: seen items cover {self.seen.n_users} users, not {n_users}")

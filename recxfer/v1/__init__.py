@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for ``protos/recxfer/v1`` (written at install time by setup.py)."""
