@@ -26,7 +26,7 @@ from recxfer.artifacts.errors import ArtifactError
 from recxfer.artifacts.store import Artifact
 from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
 
-_DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ORIGINS = (UserOrigin.WARM.value, UserOrigin.TRANSFER.value)
 
 
@@ -36,7 +36,7 @@ def domain_dir(domain: str) -> str:
     Raises:
         ValueError: a domain name unsafe as a folder name.
     """
-    if not _DOMAIN_RE.match(domain):
+    if not isinstance(domain, str) or not _DOMAIN_RE.fullmatch(domain):
         raise ValueError(f"domain name {domain!r} must match {_DOMAIN_RE.pattern}")
     return f"domains/{domain}"
 
@@ -88,8 +88,15 @@ def load_domain(artifact: Artifact, domain: str) -> DomainEmbeddings:
             )
         }
         origin_codes = arrays["user_origin"]
-        if origin_codes.size and origin_codes.max() >= len(_ORIGINS):
-            raise ArtifactError(f"{artifact.path}: {domain}: bad user_origin codes")
+        if origin_codes.dtype != np.uint8 or origin_codes.ndim != 1 or (
+            origin_codes.size and origin_codes.max() >= len(_ORIGINS)
+        ):
+            raise ArtifactError(
+                f"{artifact.path}: {domain}: user_origin must be 1-d uint8 codes < {len(_ORIGINS)}"
+            )
+        for name in ("user_emb", "item_emb"):
+            if arrays[name].ndim != 2 or arrays[name].dtype != np.float32:
+                raise ArtifactError(f"{artifact.path}: {domain}: {name} must be 2-d float32")
         return DomainEmbeddings(
             domain=domain,
             user_ids=_load_ids(artifact.file(f"{base}/user_ids.json")),
@@ -100,5 +107,5 @@ def load_domain(artifact: Artifact, domain: str) -> DomainEmbeddings:
             seen=SeenItems(arrays["seen_indptr"], arrays["seen_indices"]),
             item_popularity=arrays["item_popularity"],
         )
-    except (ValueError, OSError, json.JSONDecodeError) as exc:
+    except (ValueError, IndexError, OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{artifact.path}: domain {domain!r} cannot be loaded: {exc}") from exc

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -52,10 +53,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def new_version(now: datetime | None = None) -> str:
-    """A sortable, unique version name: ``YYYYmmddTHHMMSSZ-<6 hex>``."""
+_VERSION_RE = re.compile(r"(\d{8}T\d{6}Z)-(\d{4})-[0-9a-f]{6}")
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def new_version(now: datetime | None = None, after: str | None = None) -> str:
+    """A sortable, unique version name: ``YYYYmmddTHHMMSSZ-<seq>-<6 hex>``.
+
+    Args:
+        now: the time to stamp (UTC now by default).
+        after: the newest existing version; the result sorts strictly after it even
+            within the same second or if the clock went back.
+    """
     now = now or datetime.now(timezone.utc)
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+    stamp, seq = now.strftime("%Y%m%dT%H%M%SZ"), 0
+    match = _VERSION_RE.fullmatch(after) if after else None
+    if match and match.group(1) >= stamp:
+        stamp, seq = match.group(1), int(match.group(2)) + 1
+    return f"{stamp}-{seq:04d}-{uuid.uuid4().hex[:6]}"
+
+
+def _check_version_name(version: str) -> None:
+    if not _SAFE_NAME_RE.fullmatch(version) or version == CURRENT:
+        raise ArtifactError(
+            f"bad artifact version {version!r}: use letters, digits, '_', '.', '-', not {CURRENT!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -99,7 +121,10 @@ def write_artifact(
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    version = version or new_version()
+    if version is None:
+        existing = list_versions(root)
+        version = new_version(after=existing[-1] if existing else None)
+    _check_version_name(version)
     final = root / version
     if final.exists():
         raise ArtifactError(f"{final}: an artifact with this version already exists")
@@ -174,13 +199,22 @@ def read_artifact(path: str | Path) -> Artifact:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_path}: manifest is not a JSON object")
+    if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{manifest_path}: unknown artifact format {manifest.get('format')!r}")
     for key in ("version", "files"):
         if key not in manifest:
             raise ArtifactError(f"{manifest_path}: manifest lacks {key!r}")
     listed = manifest["files"]
+    if not isinstance(listed, dict):
+        raise ArtifactError(f"{manifest_path}: 'files' is not an object")
     for rel, meta in listed.items():
+        rel_path = Path(rel)
+        if rel_path.is_absolute() or ".." in rel_path.parts:
+            raise ArtifactError(f"{manifest_path}: file path {rel!r} leaves the artifact")
+        if not isinstance(meta, dict) or not {"bytes", "sha256"} <= set(meta):
+            raise ArtifactError(f"{manifest_path}: entry of {rel!r} lacks bytes/sha256")
         file = path / rel
         if not file.is_file():
             raise ArtifactError(f"{path}: file {rel!r} listed in the manifest is missing")

@@ -41,10 +41,7 @@ def load_data_dir(data_dir: str | Path, domains: Sequence[str]) -> CrossDomainDa
     if not data_dir.is_dir():
         raise DataValidationError(f"{data_dir}: data folder does not exist")
     interactions = read_interactions(find_table(data_dir, "interactions"), domains=domains)
-    try:
-        items_path = find_table(data_dir, "items")
-    except DataValidationError:
-        items_path = None
+    items_path = find_table(data_dir, "items", required=False)
     items = read_items(items_path, interactions) if items_path is not None else None
     return CrossDomainData(interactions, items, fingerprint(interactions, items))
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recxfer.data.errors import DataValidationError
@@ -105,7 +106,7 @@ def _normalise(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.DataFrame
         frame[col] = values.astype(str).str.strip()
     if "weight" in frame.columns:
         weight = pd.to_numeric(frame["weight"], errors="coerce")
-        bad = weight.isna() | (weight <= 0)
+        bad = weight.isna() | ~np.isfinite(weight) | (weight <= 0)
         if bad.any():
             raise DataValidationError(
                 f"{path}: column 'weight' must be a positive number; {int(bad.sum())} bad "
@@ -114,10 +115,11 @@ def _normalise(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.DataFrame
         frame["weight"] = weight.astype("float32")
     if "timestamp" in frame.columns:
         ts = pd.to_numeric(frame["timestamp"], errors="coerce")
-        if ts.isna().any():
+        bad = ts.isna() | ~np.isfinite(ts) | (ts != np.floor(ts))
+        if bad.any():
             raise DataValidationError(
                 f"{path}: column 'timestamp' must be an integer; e.g. "
-                f"{frame['timestamp'][ts.isna()].iloc[0]!r}"
+                f"{frame['timestamp'][bad].iloc[0]!r}"
             )
         frame["timestamp"] = ts.astype("int64")
     for col in ("title", "text"):
@@ -208,15 +210,20 @@ def read_items(path: str | Path, interactions: pd.DataFrame | None = None) -> pd
     return frame
 
 
-def find_table(data_dir: str | Path, stem: str) -> Path:
+def find_table(data_dir: str | Path, stem: str, required: bool = True) -> Path | None:
     """Locate ``DATA_DIR/<stem>.{csv,tsv,parquet}`` or the folder ``DATA_DIR/<stem>/``.
 
+    Returns:
+        The path, or ``None`` when there is none and ``required`` is false.
+
     Raises:
-        DataValidationError: none or several candidates.
+        DataValidationError: several candidates, or none when ``required``.
     """
     data_dir = Path(data_dir)
     candidates = [data_dir / f"{stem}{s}" for s in _SUFFIXES] + [data_dir / stem]
     found = [c for c in candidates if c.exists()]
+    if not found and not required:
+        return None
     if len(found) != 1:
         raise DataValidationError(
             f"{data_dir}: expected exactly one of {[c.name for c in candidates]}, found "

@@ -32,5 +32,5 @@ class IdEmbeddingEncoder(nn.Module):
         return self.table(idx)  # (B, dim)
 
     def export(self) -> torch.Tensor:
-        """The whole table, detached on CPU: ``(num_embeddings, dim)`` float32."""
-        return self.table.weight.detach().float().cpu()
+        """A copy of the whole table on CPU: ``(num_embeddings, dim)`` float32."""
+        return self.table.weight.detach().float().cpu().clone()

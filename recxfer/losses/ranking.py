@@ -85,7 +85,11 @@ class InBatchSoftmaxLoss(nn.Module):
                 f"user_emb {tuple(user_emb.shape)} and item_emb {tuple(item_emb.shape)} "
                 "must both be (B, d)"
             )
-        if user_emb.shape[0] == 0:
+        batch = user_emb.shape[0]
+        for name, value in (("item_log_q", item_log_q), ("item_idx", item_idx), ("weight", weight)):
+            if value is not None and tuple(value.shape) != (batch,):
+                raise ValueError(f"{name} {tuple(value.shape)} must be ({batch},)")
+        if batch == 0:
             return user_emb.sum() * 0.0
         return in_batch_softmax_loss(
             user_emb, item_emb, item_log_q, item_idx, self.temperature, weight
@@ -96,7 +100,11 @@ class BPRLoss(nn.Module):
     """Module form of ``bpr_loss``."""
 
     def forward(self, pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
-        if pos_scores.ndim != 1 or neg_scores.shape[0] != pos_scores.shape[0]:
+        if (
+            pos_scores.ndim != 1
+            or neg_scores.ndim not in (1, 2)
+            or neg_scores.shape[0] != pos_scores.shape[0]
+        ):
             raise ValueError(
                 f"pos_scores {tuple(pos_scores.shape)} must be (B,) and neg_scores "
                 f"{tuple(neg_scores.shape)} (B,) or (B, n_neg)"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recxfer.artifacts import Artifact, load_domain, read_artifact
+from recxfer.artifacts import Artifact, ArtifactError, load_domain, read_artifact
 from recxfer.index import ExactIndex, FaissIndex, ItemIndex, faiss_available
 from recxfer.types import DomainEmbeddings
 
@@ -58,7 +58,10 @@ class ServingModel:
             ArtifactError: the artifact is missing, partial or corrupt.
         """
         artifact = read_artifact(path)
-        domains = {name: _load_domain(artifact, name) for name in artifact.manifest["domains"]}
+        listed = artifact.manifest.get("domains")
+        if not isinstance(listed, dict) or not listed:
+            raise ArtifactError(f"{artifact.path}: manifest lists no servable 'domains'")
+        domains = {name: _load_domain(artifact, name) for name in listed}
         log.info("loaded artifact %s (%s)", artifact.version, ", ".join(domains))
         return cls(artifact.version, domains)
 

@@ -56,7 +56,10 @@ def create_server(
     Raises:
         RuntimeError: the address cannot be bound.
     """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    # SO_REUSEPORT off: a second server on a busy port must fail, not share it.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), options=[("grpc.so_reuseport", 0)]
+    )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
         RecommenderServicer(holder, max_k), server
     )

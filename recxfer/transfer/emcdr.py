@@ -72,6 +72,9 @@ def fit_emcdr(
 @torch.no_grad()
 def apply_emcdr(mapping: EMCDRMapping, src_user_emb: np.ndarray) -> np.ndarray:
     """``(n, d_src)`` -> ``(n, d_tgt)`` float32 target embeddings."""
-    device = next(mapping.parameters()).device
+    first = mapping.net[0]
+    if src_user_emb.ndim != 2 or src_user_emb.shape[1] != first.in_features:
+        raise ValueError(f"src_user_emb must be (n, {first.in_features}), got {src_user_emb.shape}")
+    device = first.weight.device
     src = torch.as_tensor(src_user_emb, dtype=torch.float32, device=device)
     return mapping(src).float().cpu().numpy()

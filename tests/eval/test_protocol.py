@@ -1,0 +1,106 @@
+"""Full-ranking protocol against a naive implementation (full argsort, excluded removed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics
+
+
+def naive_full_ranking(user_emb, item_emb, relevant, ks, exclude=None, n_relevant=None):
+    scores = user_emb.astype(np.float64) @ item_emb.astype(np.float64).T  # (U, I)
+    per_user: dict[str, list[float]] = {}
+    for u, rel in enumerate(relevant):
+        banned = set() if exclude is None else {int(b) for b in exclude[u]}
+        ranking = [int(j) for j in np.argsort(-scores[u], kind="stable") if int(j) not in banned]
+        rel_set = {int(r) for r in rel}
+        n = len(rel_set) if n_relevant is None else int(n_relevant[u])
+        if n == 0:
+            continue
+        for k in ks:
+            top = ranking[:k]
+            hits = [j in rel_set for j in top]
+            dcg = sum(1 / math.log2(p + 2) for p, h in enumerate(hits) if h)
+            idcg = sum(1 / math.log2(p + 2) for p in range(min(n, k, len(scores[u]))))
+            per_user.setdefault(f"recall@{k}", []).append(sum(hits) / n)
+            per_user.setdefault(f"ndcg@{k}", []).append(dcg / idcg)
+            per_user.setdefault(f"hr@{k}", []).append(float(any(hits)))
+        ranks = [p + 1 for p, j in enumerate(ranking) if j in rel_set]
+        per_user.setdefault("mrr", []).append(1 / ranks[0] if ranks else 0.0)
+    out = {name: float(np.mean(vals)) for name, vals in per_user.items()}
+    out["users"] = float(len(relevant))
+    return out
+
+
+def random_problem(seed: int, n_users: int = 40, n_items: int = 70, dim: int = 8):
+    rng = np.random.default_rng(seed)
+    user_emb = rng.standard_normal((n_users, dim)).astype(np.float32)
+    item_emb = rng.standard_normal((n_items, dim)).astype(np.float32)
+    exclude = [rng.choice(n_items, size=int(rng.integers(0, 10)), replace=False) for _ in range(n_users)]
+    relevant = []
+    for u in range(n_users):
+        allowed = np.setdiff1d(np.arange(n_items), exclude[u])
+        relevant.append(rng.choice(allowed, size=int(rng.integers(0, 5)), replace=False).astype(np.int64))
+    relevant[0] = np.array([], dtype=np.int64)  # a user with nothing held out: ignored (nan)
+    return user_emb, item_emb, relevant, exclude
+
+
+def assert_metrics_equal(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-12), name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_naive_full_ranking(seed: int) -> None:
+    user_emb, item_emb, relevant, exclude = random_problem(seed)
+    ks = (1, 5, 10, 20)
+    got = full_ranking_metrics(user_emb, item_emb, relevant, ks, exclude)
+    assert_metrics_equal(got, naive_full_ranking(user_emb, item_emb, relevant, ks, exclude))
+    assert got["users"] == 40.0
+    assert 0 < got["recall@20"] < 1
+
+
+def test_matches_naive_without_exclusion_and_with_n_relevant() -> None:
+    user_emb, item_emb, relevant, _ = random_problem(3)
+    n_rel = np.array([len(r) for r in relevant]) + np.arange(len(relevant)) % 3
+    ks = (3, 10)
+    got = full_ranking_metrics(user_emb, item_emb, relevant, ks, None, n_rel)
+    assert_metrics_equal(got, naive_full_ranking(user_emb, item_emb, relevant, ks, None, n_rel))
+
+
+def test_k_beyond_catalogue_uses_the_whole_ranking() -> None:
+    user_emb, item_emb, relevant, exclude = random_problem(4, n_items=15)
+    ks = (5, 50)
+    got = full_ranking_metrics(user_emb, item_emb, relevant, ks, exclude)
+    assert_metrics_equal(got, naive_full_ranking(user_emb, item_emb, relevant, ks, exclude))
+    assert got["recall@50"] == pytest.approx(1.0)  # every admissible relevant item is ranked
+
+
+def test_default_ks() -> None:
+    user_emb, item_emb, relevant, exclude = random_problem(5)
+    got = full_ranking_metrics(user_emb, item_emb, relevant, exclude=exclude)
+    assert_metrics_equal(got, naive_full_ranking(user_emb, item_emb, relevant, DEFAULT_KS, exclude))
+
+
+def test_exclude_is_honoured() -> None:
+    # One user, items on a line: scores are 3 > 2 > 1 > 0 for items 0..3.
+    user = np.array([[1.0]], dtype=np.float32)
+    items = np.array([[3.0], [2.0], [1.0], [0.0]], dtype=np.float32)
+    relevant = [np.array([1])]
+    plain = full_ranking_metrics(user, items, relevant, (1, 2))
+    assert plain["recall@1"] == 0.0 and plain["recall@2"] == 1.0 and plain["mrr"] == 0.5
+    # Excluding item 0 moves the relevant item to the top.
+    moved = full_ranking_metrics(user, items, relevant, (1, 2), [np.array([0])])
+    assert moved["recall@1"] == 1.0 and moved["mrr"] == 1.0 and moved["ndcg@1"] == 1.0
+    # Excluding the relevant item itself makes it a miss everywhere, MRR included.
+    gone = full_ranking_metrics(user, items, relevant, (1, 4), [np.array([1])])
+    assert gone["recall@4"] == 0.0 and gone["hr@4"] == 0.0 and gone["mrr"] == 0.0
+
+
+def test_no_users_raises() -> None:
+    with pytest.raises(ValueError):
+        full_ranking_metrics(np.zeros((0, 2), np.float32), np.ones((3, 2), np.float32), [], (1,))

@@ -1,0 +1,57 @@
+"""The ``recxfer`` command in-process: train, evaluate, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recxfer.artifacts import list_versions
+from recxfer.cli import EXIT_BAD_INPUT, EXIT_OK, main
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
+
+
+def _fast_config(tmp_path: Path) -> Path:
+    path = tmp_path / "fast.json"
+    path.write_text('{"train": {"mf": {"epochs": 2}, "emcdr": {"epochs": 10}}}')
+    return path
+
+
+def test_train_then_evaluate_print_the_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "artifacts"
+    assert main(["train", "--data", str(SAMPLES), "--artifacts", str(root),
+                 "--config", str(_fast_config(tmp_path))]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "| books | model |" in out and "| music | popularity |" in out
+    assert (root / "current").is_symlink()
+    json_out = tmp_path / "eval.json"
+    assert main(["evaluate", "--data", str(SAMPLES), "--artifact", str(root / "current"),
+                 "--out", str(json_out)]) == EXIT_OK
+    assert "| books | model |" in capsys.readouterr().out and json_out.is_file()
+
+
+def test_bad_input_exits_2_naming_file_and_column(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLES, data)
+    lines = (data / "interactions.csv").read_text().splitlines()
+    lines[0] = lines[0].replace("item_id", "item")
+    (data / "interactions.csv").write_text("\n".join(lines) + "\n")
+    root = tmp_path / "artifacts"
+    assert main(["train", "--data", str(data), "--artifacts", str(root)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "interactions.csv" in err and "item_id" in err
+    assert list_versions(root) == []  # nothing published, nothing half-written
+    assert not root.exists() or not any(root.iterdir())
+
+
+def test_serve_refuses_a_missing_artifact(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["serve", "--artifacts", str(tmp_path), "--address", "127.0.0.1:0"]) == EXIT_BAD_INPUT
+    assert "artifact" in capsys.readouterr().err
+
+
+def test_generate_samples_reproduces_the_committed_files(tmp_path: Path) -> None:
+    assert main(["generate-samples", "--out", str(tmp_path)]) == EXIT_OK
+    for name in ("interactions.csv", "items.csv"):
+        assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes()

@@ -1,0 +1,78 @@
+"""The main job end to end on the committed data_samples/.
+
+The transfer method must beat popularity on cold-start recall@10 in both targets,
+with a margin; seeds are fixed by the default config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recxfer.artifacts import current_version, load_domain, read_artifact
+from recxfer.pipeline import JobConfig, evaluate_artifact, load_config, train_evaluate_publish
+from recxfer.serve import ModelHolder, ServingModel
+from recxfer.types import UserOrigin
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("artifacts")
+    return root, train_evaluate_publish(SAMPLES, root, JobConfig())
+
+
+@pytest.mark.parametrize("target", ["books", "music"])
+def test_transfer_beats_popularity_on_cold_start(job, target: str) -> None:
+    _, result = job
+    model = result.results[target]["model"]
+    popularity = result.results[target]["popularity"]
+    assert model["users"] >= 50
+    assert model["recall@10"] >= 1.3 * popularity["recall@10"], (model, popularity)
+    assert model["ndcg@10"] >= 1.3 * popularity["ndcg@10"]
+
+
+def test_artifact_is_published_and_complete(job) -> None:
+    root, result = job
+    assert current_version(root) == result.artifact.version
+    artifact = read_artifact(root / "current")
+    manifest = artifact.manifest
+    assert manifest["metrics"]["cold_start"]["books"]["model"]["recall@10"] == pytest.approx(
+        result.results["books"]["model"]["recall@10"]
+    )
+    assert set(manifest["domains"]) == {"video", "books", "music"}
+    assert manifest["config"]["train"]["source"] == "video"
+    books = load_domain(artifact, "books")
+    assert (books.user_origin == UserOrigin.TRANSFER.value).any()
+
+
+def test_evaluate_artifact_reproduces_the_stored_metrics(job) -> None:
+    root, result = job
+    again = evaluate_artifact(SAMPLES, root / "current")
+    for target in ("books", "music"):
+        for metric, value in result.results[target]["model"].items():
+            assert again[target]["model"][metric] == pytest.approx(value, abs=1e-6)
+
+
+def test_cold_test_users_are_served_by_transfer(job) -> None:
+    root, result = job
+    model = ServingModel.from_artifact(root / "current")
+    holder = ModelHolder(model)
+    assert holder.get() is model
+    books = model.domains["books"]
+    transfer_users = books.emb.user_ids[books.emb.user_origin == UserOrigin.TRANSFER.value]
+    rec = model.recommend(str(transfer_users[0]), "books", 10)
+    assert len(rec.item_ids) == 10 and rec.user_origin == UserOrigin.TRANSFER.value
+
+
+def test_config_file_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('{"train": {"mf": {"epochs": 3}, "targets": ["books"]}, "ks": [5]}')
+    config = load_config(path)
+    assert config.train.mf.epochs == 3 and config.train.targets == ("books",)
+    assert config.ks == (5,)
+    path.write_text('{"train": {"mf": {"epoch": 3}}}')
+    with pytest.raises(ValueError, match=r"train\.mf: unknown key"):
+        load_config(path)
