@@ -48,7 +48,11 @@ def _serve_until_signal(artifact: Path, address: str, max_k: int, hint: str | No
     from recxfer.serve import ModelHolder, ServingModel, create_server
 
     holder = ModelHolder(ServingModel.from_artifact(artifact))
-    server, port = create_server(address, holder, max_k=max_k)
+    try:
+        server, port = create_server(address, holder, max_k=max_k)
+    except RuntimeError as exc:
+        print(f"error: {exc} (is another server running there?)", file=sys.stderr)
+        return EXIT_ERROR
     server.start()
     host = address.rsplit(":", 1)[0]
     print(f"serving {holder.get().version} on {host}:{port} (Ctrl-C stops)", flush=True)
