@@ -116,6 +116,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _serve_until_signal(result.artifact.path, args.address, args.max_k, hint)
 
 
+def _cmd_bench_cdr(args: argparse.Namespace) -> int:
+    from recxfer.benchmark import run_bench_cdr
+    from recxfer.config import from_dict
+    from recxfer.train.cold_start import ColdStartConfig
+
+    config = ColdStartConfig()
+    if args.config:
+        config = from_dict(ColdStartConfig, json.loads(Path(args.config).read_text()), args.config)
+    result = run_bench_cdr(args.format, args.source, args.target, args.method, args.seed, config)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    s, f, p = result["sampled"], result["full"], result["popularity"]
+    print(f"{result['source']} -> {result['target']} {args.method} seed {args.seed}: "
+          f"NDCG@10 {s['NDCG@10']:.4f} HR@10 {s['HR@10']:.4f} MRR {s['MRR']:.4f} "
+          f"recall@50 {f['recall@50']:.4f} | popularity NDCG@10 {p['sampled']['NDCG@10']:.4f} "
+          f"recall@50 {p['full']['recall@50']:.4f} | {result['train_seconds']:.1f}s -> {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recxfer", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -159,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-seen", action="store_true", help="do not exclude seen items")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=_cmd_query)
+
+    p = sub.add_parser("bench-cdr", help="a cold-start method on a public CDR benchmark")
+    p.add_argument("--format", choices=["cdrib", "douban"], required=True)
+    p.add_argument("--source", required=True, help="source domain folder")
+    p.add_argument("--target", required=True, help="target domain folder")
+    p.add_argument("--method", choices=["target_only", "emcdr", "ptupcdr", "shared"], required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="JSON mirroring recxfer.train.cold_start.ColdStartConfig")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.set_defaults(func=_cmd_bench_cdr)
 
     p = sub.add_parser("run", help="train, evaluate, publish, then serve (the main job)")
     data_args(p)

@@ -26,6 +26,9 @@ ALLOWED: dict[str, set[str]] = {
     # Orchestration of the stages for cli/jobs: anything but the cli.
     "pipeline": {"types", "config", "data", "encoders", "losses", "transfer", "train",
                  "artifacts", "index", "eval"},
+    # `recxfer bench-cdr` orchestration, same layer as pipeline.
+    "benchmark": {"types", "config", "data", "encoders", "losses", "transfer", "train",
+                  "artifacts", "index", "eval"},
     "cli": None,  # may import anything
 }
 
