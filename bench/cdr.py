@@ -25,7 +25,7 @@ SAMPLED = ("NDCG@10", "HR@10", "MRR")
 FULL = ("recall@50", "ndcg@10")
 
 
-def run_all(data: Path, out: Path, methods: list[str], seeds: list[int]) -> None:
+def run_all(data: Path, out: Path, methods: list[str], seeds: list[int], threads: int | None) -> None:
     for method in methods:
         for src, tgt in DIRECTIONS.values():
             for seed in seeds:
@@ -35,6 +35,8 @@ def run_all(data: Path, out: Path, methods: list[str], seeds: list[int]) -> None
                 cmd = [sys.executable, "-m", "recxfer.cli", "bench-cdr", "--format", "cdrib",
                        "--source", str(data / src), "--target", str(data / tgt),
                        "--method", method, "--seed", str(seed), "--out", str(path)]
+                if threads:
+                    cmd += ["--threads", str(threads)]
                 print(" ".join(cmd), flush=True)
                 subprocess.run(cmd, check=False)
 
@@ -73,11 +75,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/cdr"))
     parser.add_argument("--methods", nargs="+", default=["shared", "emcdr", "ptupcdr", "target_only"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, help="torch threads per run (1 avoids oversubscription)")
     parser.add_argument("--summarize", action="store_true", help="only summarise existing runs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.summarize:
-        run_all(args.data, args.out, args.methods, args.seeds)
+        run_all(args.data, args.out, args.methods, args.seeds, args.threads)
     print(summarize(args.out))
 
 

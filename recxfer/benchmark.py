@@ -31,6 +31,7 @@ def with_seed(config: ColdStartConfig, seed: int) -> ColdStartConfig:
         config,
         mf=dataclasses.replace(config.mf, seed=seed),
         emcdr=dataclasses.replace(config.emcdr, seed=seed),
+        ptupcdr=dataclasses.replace(config.ptupcdr, seed=seed),
         shared=dataclasses.replace(config.shared, seed=seed),
     )
 

@@ -121,6 +121,10 @@ def _cmd_bench_cdr(args: argparse.Namespace) -> int:
     from recxfer.config import from_dict
     from recxfer.train.cold_start import ColdStartConfig
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = ColdStartConfig()
     if args.config:
         config = from_dict(ColdStartConfig, json.loads(Path(args.config).read_text()), args.config)
@@ -190,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", help="JSON mirroring recxfer.train.cold_start.ColdStartConfig")
     p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=_cmd_bench_cdr)
 
     p = sub.add_parser("run", help="train, evaluate, publish, then serve (the main job)")

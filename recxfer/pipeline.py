@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from recxfer.artifacts import (
     Artifact,
     index_file,
@@ -27,6 +28,15 @@ from recxfer.data import ColdStartSplit, CrossDomainData, cold_start_split, load
 from recxfer.eval import DEFAULT_KS, evaluate_cold_start
 from recxfer.index import FaissIndex, build_index
 from recxfer.train import CrossDomainConfig, MFConfig, train_cross_domain
+from recxfer.train.cross_domain import CrossDomainModel
+from recxfer.train.shared import SharedTrainConfig
+from recxfer.train.shared_domains import (
+    SharedCrossDomainModel,
+    SharedJobConfig,
+    train_shared_cross_domain,
+)
+from recxfer.transfer.shared import SharedModelConfig
+from recxfer.types import DomainEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +58,36 @@ class IndexConfig:
     backend: str = "auto"
 
 
+METHODS = ("shared", "emcdr")
+
+
 @dataclass(frozen=True)
 class JobConfig:
-    """Everything the main job needs; stored in each artifact's manifest."""
+    """Everything the main job needs; stored in each artifact's manifest.
 
+    ``method`` is ``"shared"`` (shared user encoder; ``shared`` configures it) or
+    ``"emcdr"`` (MF per domain + mapping; ``train.mf``/``train.emcdr``). ``train``
+    also names the source and target domains for both.
+    """
+
+    method: str = "shared"
     train: CrossDomainConfig = field(
         default_factory=lambda: CrossDomainConfig(mf=MFConfig(epochs=20, batch_size=512, lr=0.02))
+    )
+    shared: SharedJobConfig = field(
+        default_factory=lambda: SharedJobConfig(
+            SharedTrainConfig(model=SharedModelConfig(dim=32), epochs=40, batch_size=512,
+                              lr=5e-3, max_history=50, patience=4)
+        )
     )
     split: SplitConfig = field(default_factory=SplitConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     ks: tuple[int, ...] = DEFAULT_KS
     keep_versions: int = 5
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
     @property
     def domains(self) -> list[str]:
@@ -108,7 +137,7 @@ def train_evaluate_publish(
     timings["load_split_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = train_cross_domain(split.train, config.train)
+    model = train_model(split, data, config, Path(artifacts_root) / ".cache" / "text")
     timings["train_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -138,7 +167,8 @@ def train_evaluate_publish(
             }
         builder.metrics.update({"cold_start": results})
         builder.extra.update(
-            {"domains": domains_meta, "device": model.device, "epoch_losses": model.epoch_losses}
+            {"domains": domains_meta, "device": model.device, "epoch_losses": model.epoch_losses,
+             "user_encoder": _save_user_encoder(builder.path, model, config)}
         )
     artifact = builder.artifact
     assert artifact is not None
@@ -147,6 +177,51 @@ def train_evaluate_publish(
     timings["publish_s"] = time.perf_counter() - start
     log.info("published %s (pruned %d old versions)", artifact.version, len(removed))
     return JobResult(artifact, results, timings)
+
+
+def train_model(
+    split: ColdStartSplit, data: CrossDomainData, config: JobConfig, text_cache: Path
+) -> CrossDomainModel:
+    """Train the configured method on the split's training rows. The shared method
+    selects its epoch on the validation cold users (mean recall@10 over targets)."""
+    if config.method == "emcdr":
+        return train_cross_domain(split.train, config.train)
+
+    def validator(domains: dict[str, DomainEmbeddings]) -> float:
+        scores = [
+            evaluate_cold_start(domains[t], split.valid[t], (10,))["model"]["recall@10"]
+            for t in config.train.targets if len(split.valid[t])
+        ]
+        return float(sum(scores) / len(scores)) if scores else 0.0
+
+    has_valid = any(len(split.valid[t]) for t in config.train.targets)
+    return train_shared_cross_domain(
+        split.train, config.train.source, config.train.targets, config.shared,
+        data.items, text_cache, validator if has_valid else None,
+    )
+
+
+def _save_user_encoder(folder: Path, model: CrossDomainModel, config: JobConfig) -> dict[str, Any]:
+    """How serving can embed a new user from a history (manifest entry).
+
+    ``inductive`` is true for the shared method without an MLP head: a user's
+    embedding is then the (mean or attention) pooling of their history's item
+    embeddings, computable from the artifact's item tables alone.
+    """
+    if not isinstance(model, SharedCrossDomainModel):
+        return {"inductive": False, "method": config.method}
+    entry: dict[str, Any] = {
+        "inductive": config.shared.train.model.hidden is None,
+        "method": "shared",
+        "pooling": model.pooling,
+        "max_history": model.max_history,
+        "query_file": None,
+    }
+    if model.attention_query is not None:
+        (folder / "user_encoder").mkdir(exist_ok=True)
+        np.save(folder / "user_encoder" / "query.npy", model.attention_query.astype(np.float32))
+        entry["query_file"] = "user_encoder/query.npy"
+    return entry
 
 
 def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[str, Any]:

@@ -62,7 +62,10 @@ def _read_pairs(path: Path, columns: list[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DataValidationError(f"{path}: no such file")
     try:
-        frame = pd.read_csv(path, sep="\t", header=None, names=columns, dtype="int64")
+        frame = pd.read_csv(path, sep="\t", header=None, dtype="int64", index_col=False)
+        if frame.shape[1] != len(columns):
+            raise ValueError(f"found {frame.shape[1]} columns")
+        frame.columns = columns
     except ValueError as exc:
         raise DataValidationError(f"{path}: expected {len(columns)} integer columns: {exc}") from exc
     if frame.isna().any().any():

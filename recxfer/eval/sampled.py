@@ -31,6 +31,8 @@ def sampled_ranks(pos_scores: np.ndarray, neg_scores: np.ndarray, seed: int = 0)
     Returns:
         ``(n,)`` int64: ``1 + #(neg > pos) + U{0..#(neg == pos)}``.
     """
+    if np.isnan(pos_scores).any() or np.isnan(neg_scores).any():
+        raise ValueError("scores contain nan (a diverged model?)")
     greater = (neg_scores > pos_scores[:, None]).sum(axis=1)
     equal = (neg_scores == pos_scores[:, None]).sum(axis=1)
     rng = np.random.default_rng(seed)

@@ -45,7 +45,7 @@ class SharedTrainConfig:
     temperature: float = 1.0
     logq: bool = True
     cold_drop: float = 0.5
-    max_history: int = 50
+    max_history: int = 20
     align_batch: int = 512
     patience: int = 3
     seed: int = 0

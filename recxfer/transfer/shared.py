@@ -55,8 +55,13 @@ class SharedTransferModel(nn.Module):
 
     def items(self, item_pos: torch.Tensor) -> torch.Tensor:
         """``(...)`` global item positions -> ``(..., dim)``."""
-        flat = self.item_tower(item_pos.reshape(-1))  # (N, dim)
-        return flat.reshape(*item_pos.shape, -1)
+        if self.item_tower.text_tower is None:
+            return self.item_tower(item_pos)  # an embedding lookup, any shape
+        # With text, project the whole (small) text table once rather than once per
+        # history position: (n_items, 384) @ (384, dim) instead of (B * L, 384) @ ...
+        n_items = self.item_tower.config.num_items
+        table = self.item_tower(torch.arange(n_items, device=item_pos.device))  # (I, dim)
+        return table[item_pos]  # (..., dim)
 
     def users(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` global item positions (``-1`` pads) and ``(B, L)`` bool mask of

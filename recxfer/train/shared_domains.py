@@ -1,0 +1,121 @@
+"""The shared-encoder method for the product job: train one model over the source
+and every target, then export servable embeddings for every domain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recxfer.encoders.text import TextEmbeddingCache, TextEncoderConfig
+from recxfer.train.cross_domain import CrossDomainModel
+from recxfer.train.histories import MultiDomainIndex, build_multi_domain_index
+from recxfer.train.shared import SharedTrainConfig, train_shared
+from recxfer.transfer.shared import SharedTransferModel
+from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SharedJobConfig:
+    """The shared method in the product job: training config and item text use."""
+
+    train: SharedTrainConfig = field(default_factory=SharedTrainConfig)
+    use_text: bool = True
+
+
+@dataclass(frozen=True)
+class SharedCrossDomainModel(CrossDomainModel):
+    """``CrossDomainModel`` plus what serving needs to embed a new history.
+
+    Attributes:
+        pooling: the user encoder's pooling (``"mean"`` or ``"attention"``).
+        attention_query: ``(dim,)`` learned query for attention pooling, else ``None``.
+        max_history: items per domain the encoder reads.
+        val_scores: validation score per epoch.
+    """
+
+    pooling: str = "mean"
+    attention_query: np.ndarray | None = None
+    max_history: int = 50
+    val_scores: list[float] = field(default_factory=list)
+
+
+def item_texts(index: MultiDomainIndex, items: pd.DataFrame) -> list[str]:
+    """Title (and text) of every global item position, ``""`` where unknown."""
+    table = items.assign(full=items["title"] + (" " + items["text"] if "text" in items else ""))
+    lookup = table.set_index(["domain", "item_id"])["full"]
+    texts: list[str] = []
+    for domain in index.domains:
+        keys = pd.MultiIndex.from_arrays([[domain] * len(index.items[domain]), index.items[domain].ids])
+        texts += lookup.reindex(keys).fillna("").tolist()
+    return texts
+
+
+def train_shared_cross_domain(
+    train: pd.DataFrame,
+    source: str,
+    targets: tuple[str, ...],
+    config: SharedJobConfig,
+    items: pd.DataFrame | None = None,
+    text_cache: Path | None = None,
+    validator: Callable[[dict[str, DomainEmbeddings]], float] | None = None,
+) -> SharedCrossDomainModel:
+    """Train the shared model on ``train`` and export every domain.
+
+    Args:
+        items: item titles, used by the text tower when ``config.use_text``.
+        text_cache: folder caching text embeddings (encoded once).
+        validator: scores exported domains (higher is better) for early stopping.
+    """
+    domains = (source, *targets)
+    index = build_multi_domain_index(train, domains, config.train.max_history, config.train.seed)
+    text_emb = None
+    if config.use_text and items is not None:
+        cache = TextEmbeddingCache(text_cache or Path(".text-cache"), TextEncoderConfig())
+        text_emb = cache.encode(item_texts(index, items))
+        log.info("text tower: %d item texts encoded (cache %s)", len(text_emb), cache.directory)
+
+    def validate(model: SharedTransferModel) -> float:
+        return validator(export_domains(model, index))
+
+    result = train_shared(index, source, targets, config.train,
+                          validate if validator is not None else None, text_emb)
+    encoder = result.model.user_encoder
+    query = getattr(encoder, "query", None)
+    return SharedCrossDomainModel(
+        domains=export_domains(result.model, index),
+        epoch_losses={"shared": result.epoch_losses},
+        device=result.device,
+        pooling=encoder.config.pooling,
+        attention_query=None if query is None else query.detach().float().cpu().numpy(),
+        max_history=config.train.max_history,
+        val_scores=result.val_scores,
+    )
+
+
+def export_domains(model: SharedTransferModel, index: MultiDomainIndex) -> dict[str, DomainEmbeddings]:
+    """Servable embeddings of every domain: every indexed user gets a row in every
+    domain (``warm`` with history there, ``transfer`` otherwise)."""
+    user_emb = model.export_users(index.history)  # (U, d): all history, all domains
+    out = {}
+    for domain in index.domains:
+        sl = index.domain_slice(domain)
+        user_pos, item_pos = index.rows[domain]
+        warm = index.has_history(domain)
+        out[domain] = DomainEmbeddings(
+            domain=domain,
+            user_ids=index.users.ids,
+            user_emb=user_emb,
+            user_origin=np.where(warm, UserOrigin.WARM.value, UserOrigin.TRANSFER.value).astype(object),
+            item_ids=index.items[domain].ids,
+            item_emb=model.export_items(sl.start, sl.stop),
+            seen=SeenItems.from_pairs(len(index.users), user_pos, item_pos - sl.start),
+            item_popularity=np.bincount(item_pos - sl.start, minlength=sl.stop - sl.start).astype(np.int64),
+        )
+    return out
