@@ -1,6 +1,6 @@
 """The main job as stage calls: load data → split → train → evaluate → index →
-write the artifact → publish. ``cli`` and ``jobs/`` call this; nothing in the
-stage packages imports it.
+write the artifact → publish. ``cli``, ``jobs/`` and the nightly job
+(``recxfer.nightly``) call these steps; nothing in the stage packages imports it.
 """
 
 from __future__ import annotations
@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from recxfer.artifacts import (
     Artifact,
+    ArtifactBuilder,
     index_file,
     load_domain,
     prune,
@@ -26,7 +30,8 @@ from recxfer.config import from_dict, to_dict
 from recxfer.data import ColdStartSplit, CrossDomainData, cold_start_split, load_data_dir
 from recxfer.eval import DEFAULT_KS, evaluate_cold_start
 from recxfer.index import FaissIndex, build_index
-from recxfer.train import CrossDomainConfig, MFConfig, train_cross_domain
+from recxfer.train import CrossDomainConfig, CrossDomainModel, MFConfig, train_cross_domain
+from recxfer.types import DomainEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -97,29 +102,55 @@ def split_data(data: CrossDomainData, config: JobConfig) -> ColdStartSplit:
     )
 
 
-def train_evaluate_publish(
-    data_dir: str | Path, artifacts_root: str | Path, config: JobConfig = JobConfig()
-) -> JobResult:
-    """Run the main job and publish the artifact as ``ROOT/current``."""
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    data = load_data_dir(data_dir, config.domains)
-    split = split_data(data, config)
-    timings["load_split_s"] = time.perf_counter() - start
+def load_job_data(data_dir: str | Path, config: JobConfig) -> CrossDomainData:
+    """Read and validate ``DATA_DIR`` for the config's domains."""
+    return load_data_dir(data_dir, config.domains)
 
-    start = time.perf_counter()
-    model = train_cross_domain(split.train, config.train)
-    timings["train_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    results = {
+def train_model(
+    train: pd.DataFrame,
+    config: JobConfig,
+    init: Mapping[str, DomainEmbeddings] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> CrossDomainModel:
+    """Train every domain and the mappings (see ``train_cross_domain`` for
+    ``init``, a warm start, and ``checkpoint_dir``, per-epoch checkpoints)."""
+    return train_cross_domain(train, config.train, init=init, checkpoint_dir=checkpoint_dir)
+
+
+def evaluate_cold_start_targets(
+    model: CrossDomainModel, split: ColdStartSplit, config: JobConfig
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Cold-start test metrics of every target: ``target -> method -> metric -> value``."""
+    return {
         target: evaluate_cold_start(model.domains[target], split.test[target], config.ks)
         for target in config.train.targets
     }
-    timings["evaluate_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    with write_artifact(artifacts_root, to_dict(config), data.fingerprint) as builder:
+
+def write_model_artifact(
+    artifacts_root: str | Path,
+    config: JobConfig,
+    data_fingerprint: str,
+    model: CrossDomainModel,
+    metrics: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    add_files: Callable[[ArtifactBuilder], None] | None = None,
+) -> Artifact:
+    """Write the model as a complete artifact under its final name, atomically
+    (staged under a hidden name; nothing under a final name on failure).
+
+    Args:
+        metrics: stored as the manifest's ``metrics``.
+        extra: more top-level manifest keys (besides ``domains``, ``device``,
+            ``epoch_losses``).
+        add_files: called with the builder after the domains are written, to add
+            files (e.g. a report) that the manifest then checksums like the others.
+
+    Returns:
+        The verified artifact (not yet published).
+    """
+    with write_artifact(artifacts_root, to_dict(config), data_fingerprint) as builder:
         domains_meta: dict[str, Any] = {}
         for domain, emb in model.domains.items():
             save_domain(builder.path, emb)
@@ -136,14 +167,52 @@ def train_evaluate_publish(
                     "file": index_file(domain) if isinstance(index, FaissIndex) else None,
                 },
             }
-        builder.metrics.update({"cold_start": results})
+        builder.metrics.update(metrics)
         builder.extra.update(
             {"domains": domains_meta, "device": model.device, "epoch_losses": model.epoch_losses}
         )
+        builder.extra.update(extra or {})
+        if add_files is not None:
+            add_files(builder)
     artifact = builder.artifact
     assert artifact is not None
-    publish(artifacts_root, artifact.version)
-    removed = prune(artifacts_root, config.keep_versions)
+    return artifact
+
+
+def publish_and_prune(artifacts_root: str | Path, version: str, keep: int) -> list[str]:
+    """Switch ``ROOT/current`` to ``version`` atomically, then delete all but the
+    newest ``keep`` versions (never the current one).
+
+    Returns:
+        The versions deleted.
+    """
+    publish(artifacts_root, version)
+    return prune(artifacts_root, keep)
+
+
+def train_evaluate_publish(
+    data_dir: str | Path, artifacts_root: str | Path, config: JobConfig = JobConfig()
+) -> JobResult:
+    """Run the main job and publish the artifact as ``ROOT/current``."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    data = load_job_data(data_dir, config)
+    split = split_data(data, config)
+    timings["load_split_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model = train_model(split.train, config)
+    timings["train_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    results = evaluate_cold_start_targets(model, split, config)
+    timings["evaluate_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    artifact = write_model_artifact(
+        artifacts_root, config, data.fingerprint, model, {"cold_start": results}
+    )
+    removed = publish_and_prune(artifacts_root, artifact.version, config.keep_versions)
     timings["publish_s"] = time.perf_counter() - start
     log.info("published %s (pruned %d old versions)", artifact.version, len(removed))
     return JobResult(artifact, results, timings)
@@ -153,7 +222,7 @@ def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[s
     """Re-evaluate a stored artifact on the split its own config names."""
     artifact = read_artifact(artifact_path)
     config = from_dict(JobConfig, artifact.manifest["config"], where="manifest.config")
-    data = load_data_dir(data_dir, config.domains)
+    data = load_job_data(data_dir, config)
     if data.fingerprint != artifact.manifest["data_fingerprint"]:
         log.warning("data in %s differs from the data the artifact was trained on", data_dir)
     split = split_data(data, config)

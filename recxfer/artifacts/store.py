@@ -34,6 +34,7 @@ MANIFEST = "manifest.json"
 CURRENT = "current"
 FORMAT = 1
 _STAGING_PREFIX = ".staging-"
+_TRASH_PREFIX = ".trash-"
 
 
 def sha256_file(path: Path) -> str:
@@ -281,13 +282,18 @@ def prune(root: str | Path, keep: int) -> list[str]:
     versions = list_versions(root)
     doomed = [v for v in versions[:-keep] if v != current]
     for version in doomed:
-        shutil.rmtree(Path(root) / version)
+        # Renamed away first, so a kill during the delete never leaves a partly
+        # deleted folder under a version name (``clean_staging`` removes the rest).
+        trash = Path(root) / f"{_TRASH_PREFIX}{version}-{uuid.uuid4().hex[:6]}"
+        os.rename(Path(root) / version, trash)
+        shutil.rmtree(trash)
     return doomed
 
 
 def clean_staging(root: str | Path) -> list[str]:
     """Remove what killed writers left in ``root``: ``.staging-*`` folders of
-    unfinished artifacts and ``.current-*`` links of an unfinished publish.
+    unfinished artifacts, ``.trash-*`` folders of an unfinished prune and
+    ``.current-*`` links of an unfinished publish.
 
     Only safe while no other writer is active (i.e. under the root's lock).
 
@@ -299,7 +305,11 @@ def clean_staging(root: str | Path) -> list[str]:
         return []
     removed = []
     for path in sorted(root.iterdir()):
-        if path.name.startswith(_STAGING_PREFIX) and path.is_dir() and not path.is_symlink():
+        if (
+            path.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX))
+            and path.is_dir()
+            and not path.is_symlink()
+        ):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
         elif path.name.startswith(f".{CURRENT}-") and path.is_symlink():
