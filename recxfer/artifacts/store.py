@@ -284,7 +284,7 @@ def prune(root: str | Path, keep: int) -> list[str]:
     for version in doomed:
         # Renamed away first, so a kill during the delete never leaves a partly
         # deleted folder under a version name (``clean_staging`` removes the rest).
-        trash = Path(root) / f"{_TRASH_PREFIX}{version}-{uuid.uuid4().hex[:6]}"
+        trash = Path(root) / f"{_TRASH_PREFIX}{version}-{os.urandom(3).hex()}"
         os.rename(Path(root) / version, trash)
         shutil.rmtree(trash)
     return doomed
