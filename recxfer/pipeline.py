@@ -136,6 +136,7 @@ def write_model_artifact(
     metrics: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
     add_files: Callable[[ArtifactBuilder], None] | None = None,
+    version: str | None = None,
 ) -> Artifact:
     """Write the model as a complete artifact under its final name, atomically
     (staged under a hidden name; nothing under a final name on failure).
@@ -146,11 +147,12 @@ def write_model_artifact(
             ``epoch_losses``).
         add_files: called with the builder after the domains are written, to add
             files (e.g. a report) that the manifest then checksums like the others.
+        version: the version name (a new sortable one by default).
 
     Returns:
         The verified artifact (not yet published).
     """
-    with write_artifact(artifacts_root, to_dict(config), data_fingerprint) as builder:
+    with write_artifact(artifacts_root, to_dict(config), data_fingerprint, version) as builder:
         domains_meta: dict[str, Any] = {}
         for domain, emb in model.domains.items():
             save_domain(builder.path, emb)

@@ -133,7 +133,7 @@ def loss_curves(
 
 def score_histograms(scores: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]) -> bytes:
     """Distributions of ``<user, item>`` scores per domain: held-out (relevant)
-    pairs against random items, for each model.
+    pairs filled, random items as outlines, one colour per model.
 
     Args:
         scores: ``domain -> model ("model"/"production") -> {"heldout": (n,), "random": (m,)}``.
@@ -146,14 +146,14 @@ def score_histograms(scores: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]
         ax = axes[0, c]
         for method, samples in scores[domain].items():
             style = METHOD_STYLES.get(method, {})
-            for kind, alpha, hatch in (("heldout", 0.45, None), ("random", 0.2, "//")):
+            for kind, histtype, alpha in (("heldout", "stepfilled", 0.4), ("random", "step", 1.0)):
                 values = np.asarray(samples.get(kind, []), dtype=np.float64)
                 values = values[np.isfinite(values)]
                 if values.size == 0:
                     continue
-                ax.hist(values, bins=40, density=True, histtype="stepfilled", alpha=alpha,
-                        color=style.get("color"), hatch=hatch,
-                        label=f"{METHOD_LABELS.get(method, method)}: {kind} ({values.size})")
+                ax.hist(values, bins=40, density=True, histtype=histtype, alpha=alpha,
+                        color=style.get("color"), linestyle=style.get("linestyle", "-"),
+                        label=f"{METHOD_LABELS.get(method, method)}: {kind} items ({values.size})")
         ax.set_title(f"{domain}: scores of held-out vs random items")
         ax.set_xlabel("score <user, item>")
         ax.set_ylabel("density")

@@ -99,14 +99,13 @@ def _train_domain(
             "config": asdict(config), "warm_start": init is not None,
         }
         checkpointer = Checkpointer(Path(checkpoint_dir) / f"mf-{matrix.domain}", meta)
-    result = train_mf(matrix, config, device, init, checkpointer)
     if init is not None:
         log.info(
             "mf[%s]: warm start: %d/%d users and %d/%d items from the prior model, the rest fresh",
-            matrix.domain, result.warm_rows[0], len(matrix.users),
-            result.warm_rows[1], len(matrix.items),
+            matrix.domain, int(init.user_mask.sum()), len(matrix.users),
+            int(init.item_mask.sum()), len(matrix.items),
         )
-    return result
+    return train_mf(matrix, config, device, init, checkpointer)
 
 
 def train_cross_domain(
