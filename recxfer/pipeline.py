@@ -38,11 +38,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Cold-start split: share of overlapping users held out per target."""
+    """Cold-start split: share of overlapping users held out per target.
+
+    ``method``: ``"random"`` (a seeded permutation) or ``"hash"`` (a user's role
+    fixed by a hash of its id, stable as data grows; see ``cold_start_split``).
+    """
 
     cold_share: float = 0.2
     valid_share: float = 0.5
     seed: int = 0
+    method: str = "random"
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ def split_data(data: CrossDomainData, config: JobConfig) -> ColdStartSplit:
         config.split.cold_share,
         config.split.valid_share,
         config.split.seed,
+        config.split.method,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from recxfer.config import from_dict
 from recxfer.eval.heldout import UNKNOWN_USER_POLICIES
-from recxfer.pipeline import JobConfig
+from recxfer.pipeline import JobConfig, SplitConfig
 
 GATE_GROUPS = ("cold_start", "warm")
 
@@ -94,12 +94,22 @@ class NightlyOptions:
             raise ValueError(f"nightly.report_ks must be >= 1, got {self.report_ks}")
 
 
+def _default_job() -> JobConfig:
+    return JobConfig(split=SplitConfig(method="hash"))
+
+
 @dataclass(frozen=True)
 class NightlyConfig:
     """``job``: the main job's config (training, split, index, ks, keep_versions);
-    ``nightly``: the nightly options."""
+    ``nightly``: the nightly options.
 
-    job: JobConfig = field(default_factory=JobConfig)
+    The split defaults to ``method="hash"`` here (the main job's default is
+    ``"random"``): each user keeps its cold-start role from night to night, so
+    production, trained on yesterday's split, never saw today's held-out rows and
+    the comparison with it is fair.
+    """
+
+    job: JobConfig = field(default_factory=_default_job)
     nightly: NightlyOptions = field(default_factory=NightlyOptions)
 
     @property
@@ -113,11 +123,14 @@ class NightlyConfig:
         return names | {"mrr"}
 
     def check(self) -> None:
-        """Cross-field checks (gate metrics computed, gate targets configured).
+        """Cross-field checks (gate metrics computed, gate targets configured,
+        split method known).
 
         Raises:
             ValueError: naming the offending key.
         """
+        if self.job.split.method not in ("random", "hash"):
+            raise ValueError(f"split.method must be 'random' or 'hash', got {self.job.split.method!r}")
         known = self.metric_names()
         for spec in self.nightly.gate.metrics:
             group, _, metric = spec.partition("/")
@@ -146,6 +159,9 @@ def nightly_config_from_dict(data: dict, where: str = "config") -> NightlyConfig
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
     job_part = {k: v for k, v in data.items() if k != "nightly"}
+    split = job_part.get("split", {})
+    if isinstance(split, dict):
+        job_part["split"] = {"method": "hash", **split}
     job = from_dict(JobConfig, job_part, where=where)
     options = from_dict(NightlyOptions, data.get("nightly", {}), where=f"{where}.nightly")
     config = NightlyConfig(job, options)

@@ -183,14 +183,17 @@ def hold_out_warm(
     train: pd.DataFrame, targets: tuple[str, ...], seed: int
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Leave-one-out of the targets' training rows: one row per (user, target) with
-    at least two (the latest by timestamp when there is one) is held out.
+    at least two (the latest by timestamp when there is one) is held out. Stable:
+    the choice depends on the user's own rows only, so a row held out last night
+    stays held out tonight unless the user has a newer one (never seen by the
+    production model either way).
 
     Returns:
         ``(train, heldout)``: the remaining training rows of every domain and
         ``target -> held-out rows``.
     """
     in_targets = train["domain"].isin(targets).to_numpy()
-    rest, held = leave_one_out(train[in_targets], seed)
+    rest, held = leave_one_out(train[in_targets], seed, stable=True)
     remaining = pd.concat([train[~in_targets], rest], ignore_index=True)
     return remaining, {t: held[held["domain"] == t].reset_index(drop=True) for t in targets}
 
@@ -321,6 +324,12 @@ def run_nightly(
     started = time.perf_counter()
     with RootLock(root, stale_after_s=opts.stale_lock_after_s) as lock:
         log.info("lock %s taken (pid %d)", lock.path, lock.info.pid if lock.info else -1)
+        if job.split.method != "hash":
+            log.warning(
+                "split.method is %r: held-out users change from night to night, so production "
+                "may have trained on tonight's held-out rows and look better than it is",
+                job.split.method,
+            )
         with steps("ingest"):
             data = ingest(data_dir, config)
         with steps("production"):
