@@ -69,6 +69,9 @@ class NightlyOptions:
         keep_reports: run report folders kept under ``ROOT/reports/``.
         stale_lock_after_s: treat a lock taken on another host as stale after
             this many seconds (``None``: never; see ``recxfer.artifacts.lock``).
+        torch_threads: CPU threads torch may use during the run (``None``: torch's
+            default, one per core). The id models are small: on a shared or busy
+            host a single thread is often several times faster than contended ones.
         gate: the publishing gate.
     """
 
@@ -80,6 +83,7 @@ class NightlyOptions:
     report_ks: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
     keep_reports: int = 30
     stale_lock_after_s: float | None = None
+    torch_threads: int | None = None
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
@@ -90,6 +94,8 @@ class NightlyOptions:
             )
         if self.keep_reports < 1:
             raise ValueError(f"nightly.keep_reports must be >= 1, got {self.keep_reports}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"nightly.torch_threads must be >= 1, got {self.torch_threads}")
         if any(k < 1 for k in self.report_ks):
             raise ValueError(f"nightly.report_ks must be >= 1, got {self.report_ks}")
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from recxfer.artifacts import (
     CURRENT,
@@ -301,6 +302,19 @@ def _next_run_id(root: Path) -> str:
 # ----------------------------------------------------------------------------- the job
 
 
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_nightly(
     data_dir: str | Path,
     artifacts_root: str | Path,
@@ -318,7 +332,11 @@ def run_nightly(
         Exception: anything else is an internal error; production is untouched,
             checkpoints are kept for the next run to resume from.
     """
-    root = Path(artifacts_root)
+    with _torch_threads(config.nightly.torch_threads):
+        return _run(Path(artifacts_root), data_dir, config, force)
+
+
+def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -> NightlyResult:
     job, opts = config.job, config.nightly
     steps = _Steps()
     started = time.perf_counter()

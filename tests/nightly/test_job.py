@@ -39,10 +39,12 @@ from recxfer.serve import ServingModel
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 FAST = {"train": {"mf": {"epochs": 2, "dim": 16, "batch_size": 256, "lr": 0.05},
-                  "emcdr": {"epochs": 30, "hidden": 32}}}
+                  "emcdr": {"epochs": 30, "hidden": 32}},
+        "nightly": {"report_ks": [5, 10, 50], "torch_threads": 1}}
 # Random embeddings: the mapping has nothing to learn, so the gate must stop it.
 REGRESSED = {"train": {"mf": {"epochs": 0, "dim": 16}, "emcdr": {"epochs": 30, "hidden": 32}},
-             "nightly": {"warm_start": False, "interactions": ["day1.csv", "day2"]}}
+             "nightly": {"warm_start": False, "interactions": ["day1.csv", "day2"],
+                         "report_ks": [5, 10, 50], "torch_threads": 1}}
 
 
 def _config(data: dict, **nightly) -> dict:
@@ -152,30 +154,28 @@ def test_runs_leave_reports_and_no_leftovers(nights) -> None:
     assert (second.report_dir / "report.html").read_text() == (root / second.version / REPORT_HTML).read_text()
 
 
-def test_regressed_model_is_gated_and_production_stays(nights, data_dir: Path, tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_regressed_model_is_gated_forced_then_rolled_back(
+    nights, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = _copy_root(nights[0], tmp_path)
-    before = current_version(root)
+    good = current_version(root)
     caplog.set_level(logging.INFO)
+    # 1. Gated: exit 3, production kept, nothing new under a final name, a report says why.
     assert nightly_main(data_dir, root, _write(tmp_path, REGRESSED)) == EXIT_GATED
-    assert current_version(root) == before
-    assert list_versions(root) == list_versions(nights[0])  # nothing new under a final name
+    assert current_version(root) == good
+    assert list_versions(root) == list_versions(nights[0])
     assert "gate failed, production" in caplog.text
     runs = sorted((root / REPORTS_DIR).iterdir())
     gated = json.loads((runs[-1] / "run.json").read_text())
     assert gated["status"] == "gated" and gated["version"] is None and not gated["gate"]["passed"]
-    assert "GATED" in (runs[-1] / "report.html").read_text().upper()
-
-
-def test_force_publishes_then_rollback_restores(nights, data_dir: Path, tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
-    root = _copy_root(nights[0], tmp_path)
-    good = current_version(root)
-    caplog.set_level(logging.INFO)
+    assert gated["exit_code"] == EXIT_GATED
+    assert ">gated</span>" in (runs[-1] / "report.html").read_text()
+    # 2. --force publishes it anyway, logged and recorded in the manifest.
     assert nightly_main(data_dir, root, _write(tmp_path, REGRESSED), force=True) == EXIT_OK
     forced = current_version(root)
     assert forced != good and "--force was given" in caplog.text
     assert read_artifact(root / CURRENT).manifest["nightly"]["gate"]["forced"] is True
+    # 3. Rollback points current back at the previous (verified) version.
     assert rollback_production(root) == (forced, good)
     assert current_version(root) == good
     read_artifact(root / CURRENT)
@@ -206,3 +206,15 @@ def test_bad_config_and_busy_lock_have_their_own_codes(nights, data_dir: Path, t
         assert read_lock(root / ".lock") == holder  # not broken: its holder (us) is alive
     assert "another run holds the lock" in caplog.text
     assert current_version(root) == current_version(nights[0])
+
+
+def test_sigterm_becomes_an_exception_so_cleanup_runs() -> None:
+    import os
+    import signal
+
+    from recxfer.nightly.job import Terminated, _sigterm_raises
+
+    with pytest.raises(Terminated):
+        with _sigterm_raises():
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
