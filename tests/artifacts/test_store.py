@@ -383,8 +383,9 @@ def test_clean_staging_removes_leftovers_of_killed_writers(tmp_path) -> None:
     (root / ".staging-v2-abc123").mkdir()
     (root / ".staging-v2-abc123" / "half.npy").write_bytes(b"x")
     os.symlink("v1", root / ".current-deadbeef")
+    (root / ".trash-v0-0a0b0c" / "domains").mkdir(parents=True)  # a prune killed mid-delete
     (root / ".work").mkdir()  # not the store's business
-    assert store.clean_staging(root) == [".current-deadbeef", ".staging-v2-abc123"]
+    assert store.clean_staging(root) == [".current-deadbeef", ".staging-v2-abc123", ".trash-v0-0a0b0c"]
     assert entries(root) == [".work", CURRENT, "v1"]
     assert store.clean_staging(tmp_path / "missing") == []
 
