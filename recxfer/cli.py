@@ -142,6 +142,25 @@ def _cmd_bench_cdr(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_nightly(args: argparse.Namespace) -> int:
+    from recxfer.nightly import nightly_main
+
+    return nightly_main(args.data, args.artifacts, args.config, args.force)
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from recxfer.artifacts import LockHeldError
+    from recxfer.nightly import EXIT_LOCKED, rollback_production
+
+    try:
+        previous, target = rollback_production(args.artifacts, args.to)
+    except LockHeldError as exc:
+        print(f"error: another job holds the lock: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    print(f"{Path(args.artifacts) / 'current'}: {previous} -> {target}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recxfer", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -201,6 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(p)
     serve_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "nightly",
+        help="scheduled retrain: ingest, train (warm start, checkpoints), evaluate, gate, publish",
+        description="Exit codes: 0 published, 1 internal error, 2 bad input (data or config), "
+        "3 gated (not published, production kept), 4 another run holds ROOT/.lock.",
+    )
+    p.add_argument("--data", required=True, help="folder with interactions.* (or sources) and items.*")
+    p.add_argument("--artifacts", required=True, help="artifacts root (ROOT/current is production)")
+    p.add_argument("--config", help="JSON: the main job's config plus a 'nightly' object")
+    p.add_argument("--force", action="store_true", help="publish even if the gate fails (logged)")
+    p.set_defaults(func=_cmd_nightly)
+
+    p = sub.add_parser("rollback", help="point ROOT/current back at the previous version (verified)")
+    p.add_argument("--artifacts", required=True, help="artifacts root")
+    p.add_argument("--to", help="this version instead of the previous one")
+    p.set_defaults(func=_cmd_rollback)
     return parser
 
 

@@ -1,6 +1,6 @@
 """The main job as stage calls: load data → split → train → evaluate → index →
-write the artifact → publish. ``cli`` and ``jobs/`` call this; nothing in the
-stage packages imports it.
+write the artifact → publish. ``cli``, ``jobs/`` and the nightly job
+(``recxfer.nightly``) call these steps; nothing in the stage packages imports it.
 """
 
 from __future__ import annotations
@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
 from recxfer.artifacts import (
     Artifact,
+    ArtifactBuilder,
     index_file,
     load_domain,
     prune,
@@ -27,8 +31,7 @@ from recxfer.config import from_dict, to_dict
 from recxfer.data import ColdStartSplit, CrossDomainData, cold_start_split, load_data_dir
 from recxfer.eval import DEFAULT_KS, evaluate_cold_start
 from recxfer.index import FaissIndex, build_index
-from recxfer.train import CrossDomainConfig, MFConfig, train_cross_domain
-from recxfer.train.cross_domain import CrossDomainModel
+from recxfer.train import CrossDomainConfig, CrossDomainModel, MFConfig, train_cross_domain
 from recxfer.train.shared import SharedTrainConfig
 from recxfer.train.shared_domains import (
     SharedCrossDomainModel,
@@ -43,11 +46,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Cold-start split: share of overlapping users held out per target."""
+    """Cold-start split: share of overlapping users held out per target.
+
+    ``method``: ``"random"`` (a seeded permutation) or ``"hash"`` (a user's role
+    fixed by a hash of its id, stable as data grows; see ``cold_start_split``).
+    """
 
     cold_share: float = 0.2
     valid_share: float = 0.5
     seed: int = 0
+    method: str = "random"
 
 
 @dataclass(frozen=True)
@@ -123,32 +131,87 @@ def split_data(data: CrossDomainData, config: JobConfig) -> ColdStartSplit:
         config.split.cold_share,
         config.split.valid_share,
         config.split.seed,
+        config.split.method,
     )
 
 
-def train_evaluate_publish(
-    data_dir: str | Path, artifacts_root: str | Path, config: JobConfig = JobConfig()
-) -> JobResult:
-    """Run the main job and publish the artifact as ``ROOT/current``."""
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    data = load_data_dir(data_dir, config.domains)
-    split = split_data(data, config)
-    timings["load_split_s"] = time.perf_counter() - start
+def load_job_data(data_dir: str | Path, config: JobConfig) -> CrossDomainData:
+    """Read and validate ``DATA_DIR`` for the config's domains."""
+    return load_data_dir(data_dir, config.domains)
 
-    start = time.perf_counter()
-    model = train_model(split, data, config, Path(artifacts_root) / ".cache" / "text")
-    timings["train_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    results = {
+def train_model(
+    train: pd.DataFrame,
+    config: JobConfig,
+    init: Mapping[str, DomainEmbeddings] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    *,
+    items: pd.DataFrame | None = None,
+    text_cache: Path | None = None,
+    valid: Mapping[str, pd.DataFrame] | None = None,
+) -> CrossDomainModel:
+    """Train the configured method on ``train``.
+
+    ``emcdr``: every domain's MF and the mappings (see ``train_cross_domain`` for
+    ``init``, a warm start, and ``checkpoint_dir``, per-epoch checkpoints).
+    ``shared``: the shared-encoder model (item titles from ``items`` feed the text
+    tower, cached in ``text_cache``); with ``valid`` (target -> held-out rows of
+    validation cold users) it keeps the epoch with the best mean recall@10.
+    """
+    if config.method == "emcdr":
+        return train_cross_domain(train, config.train, init=init, checkpoint_dir=checkpoint_dir)
+    if init:
+        log.warning("the shared method does not warm-start yet: training from scratch")
+
+    def validator(domains: dict[str, DomainEmbeddings]) -> float:
+        scores = [
+            evaluate_cold_start(domains[t], valid[t], (10,))["model"]["recall@10"]
+            for t in config.train.targets if len(valid[t])
+        ]
+        return float(sum(scores) / len(scores)) if scores else 0.0
+
+    has_valid = valid is not None and any(len(valid[t]) for t in config.train.targets)
+    return train_shared_cross_domain(
+        train, config.train.source, config.train.targets, config.shared, items, text_cache,
+        validator if has_valid else None, checkpoint_dir=checkpoint_dir,
+    )
+
+
+def evaluate_cold_start_targets(
+    model: CrossDomainModel, split: ColdStartSplit, config: JobConfig
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Cold-start test metrics of every target: ``target -> method -> metric -> value``."""
+    return {
         target: evaluate_cold_start(model.domains[target], split.test[target], config.ks)
         for target in config.train.targets
     }
-    timings["evaluate_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    with write_artifact(artifacts_root, to_dict(config), data.fingerprint) as builder:
+
+def write_model_artifact(
+    artifacts_root: str | Path,
+    config: JobConfig,
+    data_fingerprint: str,
+    model: CrossDomainModel,
+    metrics: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    add_files: Callable[[ArtifactBuilder], None] | None = None,
+    version: str | None = None,
+) -> Artifact:
+    """Write the model as a complete artifact under its final name, atomically
+    (staged under a hidden name; nothing under a final name on failure).
+
+    Args:
+        metrics: stored as the manifest's ``metrics``.
+        extra: more top-level manifest keys (besides ``domains``, ``device``,
+            ``epoch_losses``).
+        add_files: called with the builder after the domains are written, to add
+            files (e.g. a report) that the manifest then checksums like the others.
+        version: the version name (a new sortable one by default).
+
+    Returns:
+        The verified artifact (not yet published).
+    """
+    with write_artifact(artifacts_root, to_dict(config), data_fingerprint, version) as builder:
         domains_meta: dict[str, Any] = {}
         for domain, emb in model.domains.items():
             save_domain(builder.path, emb)
@@ -165,40 +228,57 @@ def train_evaluate_publish(
                     "file": index_file(domain) if isinstance(index, FaissIndex) else None,
                 },
             }
-        builder.metrics.update({"cold_start": results})
+        builder.metrics.update(metrics)
         builder.extra.update(
             {"domains": domains_meta, "device": model.device, "epoch_losses": model.epoch_losses,
              "user_encoder": _save_user_encoder(builder.path, model, config)}
         )
+        builder.extra.update(extra or {})
+        if add_files is not None:
+            add_files(builder)
     artifact = builder.artifact
     assert artifact is not None
-    publish(artifacts_root, artifact.version)
-    removed = prune(artifacts_root, config.keep_versions)
+    return artifact
+
+
+def publish_and_prune(artifacts_root: str | Path, version: str, keep: int) -> list[str]:
+    """Switch ``ROOT/current`` to ``version`` atomically, then delete all but the
+    newest ``keep`` versions (never the current one).
+
+    Returns:
+        The versions deleted.
+    """
+    publish(artifacts_root, version)
+    return prune(artifacts_root, keep)
+
+
+def train_evaluate_publish(
+    data_dir: str | Path, artifacts_root: str | Path, config: JobConfig = JobConfig()
+) -> JobResult:
+    """Run the main job and publish the artifact as ``ROOT/current``."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    data = load_job_data(data_dir, config)
+    split = split_data(data, config)
+    timings["load_split_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model = train_model(split.train, config, items=data.items,
+                        text_cache=Path(artifacts_root) / ".cache" / "text", valid=split.valid)
+    timings["train_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    results = evaluate_cold_start_targets(model, split, config)
+    timings["evaluate_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    artifact = write_model_artifact(
+        artifacts_root, config, data.fingerprint, model, {"cold_start": results}
+    )
+    removed = publish_and_prune(artifacts_root, artifact.version, config.keep_versions)
     timings["publish_s"] = time.perf_counter() - start
     log.info("published %s (pruned %d old versions)", artifact.version, len(removed))
     return JobResult(artifact, results, timings)
-
-
-def train_model(
-    split: ColdStartSplit, data: CrossDomainData, config: JobConfig, text_cache: Path
-) -> CrossDomainModel:
-    """Train the configured method on the split's training rows. The shared method
-    selects its epoch on the validation cold users (mean recall@10 over targets)."""
-    if config.method == "emcdr":
-        return train_cross_domain(split.train, config.train)
-
-    def validator(domains: dict[str, DomainEmbeddings]) -> float:
-        scores = [
-            evaluate_cold_start(domains[t], split.valid[t], (10,))["model"]["recall@10"]
-            for t in config.train.targets if len(split.valid[t])
-        ]
-        return float(sum(scores) / len(scores)) if scores else 0.0
-
-    has_valid = any(len(split.valid[t]) for t in config.train.targets)
-    return train_shared_cross_domain(
-        split.train, config.train.source, config.train.targets, config.shared,
-        data.items, text_cache, validator if has_valid else None,
-    )
 
 
 def _save_user_encoder(folder: Path, model: CrossDomainModel, config: JobConfig) -> dict[str, Any]:
@@ -228,7 +308,7 @@ def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[s
     """Re-evaluate a stored artifact on the split its own config names."""
     artifact = read_artifact(artifact_path)
     config = from_dict(JobConfig, artifact.manifest["config"], where="manifest.config")
-    data = load_data_dir(data_dir, config.domains)
+    data = load_job_data(data_dir, config)
     if data.fingerprint != artifact.manifest["data_fingerprint"]:
         log.warning("data in %s differs from the data the artifact was trained on", data_dir)
     split = split_data(data, config)

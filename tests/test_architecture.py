@@ -29,6 +29,9 @@ ALLOWED: dict[str, set[str]] = {
     # `recxfer bench-cdr` orchestration, same layer as pipeline.
     "benchmark": {"types", "config", "data", "encoders", "losses", "transfer", "train",
                   "artifacts", "index", "eval"},
+    # The nightly job: the same layer as the pipeline, whose steps it reuses.
+    "nightly": {"types", "config", "data", "encoders", "losses", "transfer", "train",
+                "artifacts", "index", "eval", "pipeline"},
     "cli": None,  # may import anything
 }
 

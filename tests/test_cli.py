@@ -55,3 +55,29 @@ def test_generate_samples_reproduces_the_committed_files(tmp_path: Path) -> None
     assert main(["generate-samples", "--out", str(tmp_path)]) == EXIT_OK
     for name in ("interactions.csv", "items.csv"):
         assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes()
+
+
+def test_rollback_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from recxfer.artifacts import current_version, publish, write_artifact
+
+    root = tmp_path / "artifacts"
+    for _ in range(2):
+        with write_artifact(root, {}, "fp") as builder:
+            (builder.path / "x.bin").write_bytes(b"x")
+    old, new = list_versions(root)
+    publish(root, new)
+    capsys.readouterr()
+    assert main(["rollback", "--artifacts", str(root)]) == EXIT_OK
+    assert f"{new} -> {old}" in capsys.readouterr().out and current_version(root) == old
+    assert main(["rollback", "--artifacts", str(root)]) == EXIT_BAD_INPUT  # nothing older
+    assert "no version older" in capsys.readouterr().err
+    assert main(["rollback", "--artifacts", str(root), "--to", new]) == EXIT_OK
+    assert current_version(root) == new
+
+
+def test_nightly_command_refuses_a_bad_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "bad.json"
+    config.write_text('{"nightly": {"gate": {"metrics": ["recall@50"]}}}')
+    root = tmp_path / "artifacts"
+    assert main(["nightly", "--data", str(SAMPLES), "--artifacts", str(root), "--config", str(config)]) == EXIT_BAD_INPUT
+    assert "bad config" in caplog.text and not root.exists()

@@ -2,17 +2,20 @@
 
 from recxfer.artifacts.errors import ArtifactError
 from recxfer.artifacts.layout import domain_dir, index_file, load_domain, save_domain
+from recxfer.artifacts.lock import LockHeldError, LockInfo, RootLock, read_lock
 from recxfer.artifacts.store import (
     CURRENT,
     MANIFEST,
     Artifact,
     ArtifactBuilder,
+    clean_staging,
     current_version,
     list_versions,
     new_version,
     prune,
     publish,
     read_artifact,
+    rollback,
     write_artifact,
 )
 
@@ -22,6 +25,10 @@ __all__ = [
     "Artifact",
     "ArtifactBuilder",
     "ArtifactError",
+    "LockHeldError",
+    "LockInfo",
+    "RootLock",
+    "clean_staging",
     "current_version",
     "domain_dir",
     "index_file",
@@ -31,6 +38,8 @@ __all__ = [
     "prune",
     "publish",
     "read_artifact",
+    "read_lock",
+    "rollback",
     "save_domain",
     "write_artifact",
 ]

@@ -34,6 +34,7 @@ MANIFEST = "manifest.json"
 CURRENT = "current"
 FORMAT = 1
 _STAGING_PREFIX = ".staging-"
+_TRASH_PREFIX = ".trash-"
 
 
 def sha256_file(path: Path) -> str:
@@ -281,5 +282,70 @@ def prune(root: str | Path, keep: int) -> list[str]:
     versions = list_versions(root)
     doomed = [v for v in versions[:-keep] if v != current]
     for version in doomed:
-        shutil.rmtree(Path(root) / version)
+        # Renamed away first, so a kill during the delete never leaves a partly
+        # deleted folder under a version name (``clean_staging`` removes the rest).
+        trash = Path(root) / f"{_TRASH_PREFIX}{version}-{os.urandom(3).hex()}"
+        os.rename(Path(root) / version, trash)
+        shutil.rmtree(trash)
     return doomed
+
+
+def clean_staging(root: str | Path) -> list[str]:
+    """Remove what killed writers left in ``root``: ``.staging-*`` folders of
+    unfinished artifacts, ``.trash-*`` folders of an unfinished prune and
+    ``.current-*`` links of an unfinished publish.
+
+    Only safe while no other writer is active (i.e. under the root's lock).
+
+    Returns:
+        The names removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.iterdir()):
+        if (
+            path.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX))
+            and path.is_dir()
+            and not path.is_symlink()
+        ):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        elif path.name.startswith(f".{CURRENT}-") and path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def rollback(root: str | Path, to: str | None = None) -> tuple[str, str]:
+    """Point ``ROOT/current`` back at the previous version (or at ``to``).
+
+    The previous version is the newest complete version older than the current
+    one (versions sort by creation time). It is verified (every checksum) before
+    the pointer moves; nothing changes when it fails.
+
+    Returns:
+        ``(from_version, to_version)``.
+
+    Raises:
+        ArtifactError: no current version, no older version, ``to`` unknown, or the
+            target fails verification.
+    """
+    root = Path(root)
+    current = current_version(root)
+    if current is None:
+        raise ArtifactError(f"{root}: no {CURRENT!r} link; nothing to roll back")
+    versions = list_versions(root)
+    if to is None:
+        older = [v for v in versions if v < current]
+        if not older:
+            raise ArtifactError(f"{root}: no version older than the current {current!r}")
+        to = older[-1]
+    elif to not in versions:
+        raise ArtifactError(f"{root}: no complete artifact version {to!r}; have {versions}")
+    if to == current:
+        raise ArtifactError(f"{root}: {to!r} is already the current version")
+    read_artifact(root / to)  # verify first; raises naming the bad file
+    publish(root, to)
+    return current, to

@@ -1,6 +1,12 @@
 """Data layer: reading, validating, id mapping, splitting, synthetic generator."""
 
-from recxfer.data.dataset import CrossDomainData, DomainMatrix, domain_matrix, load_data_dir
+from recxfer.data.dataset import (
+    CrossDomainData,
+    DomainMatrix,
+    domain_matrix,
+    load_data_dir,
+    load_sources,
+)
 from recxfer.data.errors import DataValidationError
 from recxfer.data.idmap import IdMap
 from recxfer.data.split import ColdStartSplit, cold_start_split, leave_one_out
@@ -16,6 +22,7 @@ __all__ = [
     "domain_matrix",
     "leave_one_out",
     "load_data_dir",
+    "load_sources",
     "read_interactions",
     "read_items",
 ]

@@ -40,10 +40,28 @@ def load_data_dir(data_dir: str | Path, domains: Sequence[str]) -> CrossDomainDa
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataValidationError(f"{data_dir}: data folder does not exist")
-    interactions = read_interactions(find_table(data_dir, "interactions"), domains=domains)
-    items_path = find_table(data_dir, "items", required=False)
-    items = read_items(items_path, interactions) if items_path is not None else None
-    return CrossDomainData(interactions, items, fingerprint(interactions, items))
+    return load_sources(
+        [find_table(data_dir, "interactions")],
+        find_table(data_dir, "items", required=False),
+        domains,
+    )
+
+
+def load_sources(
+    interactions: Sequence[str | Path],
+    items: str | Path | None,
+    domains: Sequence[str],
+) -> CrossDomainData:
+    """Read several interaction sources (files, or folders of files such as Parquet
+    partitions; concatenated) and optionally an items table.
+
+    Raises:
+        DataValidationError: any problem, naming the file and the column; also a
+            row repeated across sources.
+    """
+    frame = read_interactions(list(interactions), domains=domains)
+    items_frame = read_items(items, frame) if items is not None else None
+    return CrossDomainData(frame, items_frame, fingerprint(frame, items_frame))
 
 
 def fingerprint(interactions: pd.DataFrame, items: pd.DataFrame | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,22 @@ def overlapping_users(interactions: pd.DataFrame, source: str, target: str) -> n
     return np.sort(np.intersect1d(by_domain.get(source, []), by_domain.get(target, [])))
 
 
+SPLIT_METHODS = ("random", "hash")
+
+
+def stable_unit(keys: Sequence[str], salt: str) -> np.ndarray:
+    """``(n,)`` float64 in ``[0, 1)``: a fixed pseudo-random number per key.
+
+    The same key and salt give the same number on every machine and run,
+    whatever other keys exist (blake2b of ``"<salt>:<key>"``).
+    """
+    out = np.empty(len(keys), dtype=np.float64)
+    for i, key in enumerate(keys):
+        digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "big") / 2.0**64
+    return out
+
+
 def cold_start_split(
     interactions: pd.DataFrame,
     source: str,
@@ -43,29 +60,51 @@ def cold_start_split(
     cold_share: float = 0.2,
     valid_share: float = 0.5,
     seed: int = 0,
+    method: str = "random",
 ) -> ColdStartSplit:
     """Hold out a seeded share of the users overlapping ``source`` and each target.
 
     For each target (in the given order), ``cold_share`` of the overlapping users are
     drawn; all their target rows leave training. A ``valid_share`` of those users go
     to validation, the rest to test. A user may be cold in several targets.
+
+    ``method="random"`` draws exactly ``round(cold_share * n)`` users from a seeded
+    permutation: adding users reshuffles everyone. ``method="hash"`` makes a user
+    cold in a target when ``stable_unit`` of the user id (salted with the seed and
+    the target) is below ``cold_share`` (validation below ``cold_share *
+    valid_share``): each user's role stays the same as data grows, so a model
+    trained on yesterday's split never saw today's held-out rows (what a nightly
+    comparison with production needs); the share is ``cold_share`` on average.
     """
     if not 0.0 < cold_share < 1.0:
         raise ValueError(f"cold_share must be in (0, 1), got {cold_share}")
     if not 0.0 <= valid_share < 1.0:
         raise ValueError(f"valid_share must be in [0, 1), got {valid_share}")
+    if method not in SPLIT_METHODS:
+        raise ValueError(f"split method must be one of {SPLIT_METHODS}, got {method!r}")
     rng = np.random.default_rng(seed)
     drop = np.zeros(len(interactions), dtype=bool)
     valid: dict[str, pd.DataFrame] = {}
     test: dict[str, pd.DataFrame] = {}
     for target in targets:
         users = overlapping_users(interactions, source, target)
-        n_cold = int(round(cold_share * len(users)))
-        if n_cold == 0:
-            raise ValueError(f"no overlapping users between {source!r} and {target!r} to hold out")
-        cold = rng.permutation(users)[:n_cold]
-        n_valid = int(round(valid_share * n_cold))
-        valid_users, test_users = cold[:n_valid], cold[n_valid:]
+        if method == "hash":
+            unit = stable_unit([str(u) for u in users], f"{seed}:{target}")  # (n_users,)
+            valid_users = users[unit < cold_share * valid_share]
+            test_users = users[(unit >= cold_share * valid_share) & (unit < cold_share)]
+            if len(valid_users) + len(test_users) == 0:
+                raise ValueError(
+                    f"no overlapping users between {source!r} and {target!r} to hold out"
+                )
+        else:
+            n_cold = int(round(cold_share * len(users)))
+            if n_cold == 0:
+                raise ValueError(
+                    f"no overlapping users between {source!r} and {target!r} to hold out"
+                )
+            cold = rng.permutation(users)[:n_cold]
+            n_valid = int(round(valid_share * n_cold))
+            valid_users, test_users = cold[:n_valid], cold[n_valid:]
         in_target = (interactions["domain"] == target).to_numpy()
         is_valid = in_target & interactions["user_id"].isin(valid_users).to_numpy()
         is_test = in_target & interactions["user_id"].isin(test_users).to_numpy()
@@ -75,17 +114,29 @@ def cold_start_split(
     return ColdStartSplit(train=interactions[~drop].reset_index(drop=True), valid=valid, test=test)
 
 
-def leave_one_out(interactions: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def leave_one_out(
+    interactions: pd.DataFrame, seed: int = 0, stable: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold out one row per (user, domain) with at least two rows.
 
     The held-out row is the latest by ``timestamp`` when the column exists (ties
-    broken at random), else a random one; seeded.
+    broken at random), else a random one; seeded. With ``stable``, the random
+    part is ``stable_unit`` of the row's ``(user_id, item_id, domain)`` instead of
+    a generator draw, so a user's held-out row does not change when other rows
+    are added (unless it is no longer the latest).
 
     Returns:
         ``(train, test)`` frames.
     """
-    rng = np.random.default_rng(seed)
-    frame = interactions.assign(_r=rng.random(len(interactions)))
+    if stable:
+        keys = (
+            interactions["user_id"].astype(str) + "\x1f" + interactions["item_id"].astype(str)
+            + "\x1f" + interactions["domain"].astype(str)
+        )
+        draws = stable_unit(keys.tolist(), f"loo:{seed}")
+    else:
+        draws = np.random.default_rng(seed).random(len(interactions))
+    frame = interactions.assign(_r=draws)
     order = ["user_id", "domain"] + (["timestamp"] if "timestamp" in frame else []) + ["_r"]
     frame = frame.sort_values(order, kind="stable")
     group = frame.groupby(["user_id", "domain"], sort=False)

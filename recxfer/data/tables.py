@@ -128,6 +128,31 @@ def _normalise(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.DataFrame
     return frame
 
 
+def _read_sources(
+    paths: Sequence[str | Path], spec: TableSpec
+) -> tuple[pd.DataFrame, list[Path], np.ndarray]:
+    """Read every file of every source (a file or a folder), validated one by one.
+
+    Returns:
+        ``(frame, files, file_of_row)``: the concatenated rows, the files read and
+        ``(n_rows,)`` int64 positions into ``files`` saying where each row came from.
+    """
+    frames, files = [], []
+    for source in paths:
+        for file in _files_of(Path(source)):
+            frames.append(_normalise(_read_one(file, spec), spec, file))
+            files.append(file)
+    if not frames:
+        raise DataValidationError(f"no {spec.name} source given")
+    if len({tuple(sorted(f.columns)) for f in frames}) > 1:
+        shapes = {str(f): sorted(frame.columns) for f, frame in zip(files, frames)}
+        where = str(paths[0]) if len(paths) == 1 else f"sources {[str(p) for p in paths]}"
+        raise DataValidationError(f"{where}: files disagree on the columns of {spec.name}: {shapes}")
+    file_of_row = np.repeat(np.arange(len(frames), dtype=np.int64), [len(f) for f in frames])
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return frame, files, file_of_row
+
+
 def read_table(path: str | Path, spec: TableSpec) -> pd.DataFrame:
     """Read and validate one table (a file or a folder of files).
 
@@ -135,45 +160,46 @@ def read_table(path: str | Path, spec: TableSpec) -> pd.DataFrame:
         DataValidationError: unreadable file, missing/extra column, empty id,
             bad weight/timestamp, or files in one folder with different columns.
     """
-    path = Path(path)
-    frames = []
-    for file in _files_of(path):
-        frames.append(_normalise(_read_one(file, spec), spec, file))
-    if len({tuple(sorted(f.columns)) for f in frames}) > 1:
-        raise DataValidationError(f"{path}: files disagree on the columns of {spec.name}")
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return _read_sources([path], spec)[0]
 
 
 def read_interactions(
-    path: str | Path, domains: Sequence[str] | None = None
+    path: str | Path | Sequence[str | Path], domains: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """Read, validate and check an interactions table.
 
     Args:
-        path: file or folder of files.
+        path: file or folder of files, or several of them (sources concatenated).
         domains: domains that must each have at least one row (if given).
 
     Raises:
         DataValidationError: see ``read_table``; also duplicate
-            ``(user_id, item_id, domain[, timestamp])`` rows and configured
-            domains with no rows.
+            ``(user_id, item_id, domain[, timestamp])`` rows (naming the file that
+            repeats a row, and the file of its first occurrence when another) and
+            configured domains with no rows.
     """
-    path = Path(path)
-    frame = read_table(path, INTERACTIONS)
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    frame, files, file_of_row = _read_sources(paths, INTERACTIONS)
+    where = str(paths[0]) if len(paths) == 1 else f"sources {[str(p) for p in paths]}"
     key = ["user_id", "item_id", "domain"] + (["timestamp"] if "timestamp" in frame else [])
     dup = frame.duplicated(subset=key, keep="first")
     if dup.any():
-        first = frame[dup].iloc[0]
+        pos = int(np.flatnonzero(dup.to_numpy())[0])
+        first = frame.iloc[pos]
+        same = (frame[key] == first[key]).all(axis=1).to_numpy()
+        origin = files[file_of_row[int(np.flatnonzero(same)[0])]]
+        file = files[file_of_row[pos]]
+        also = "" if origin == file else f" (first seen in {origin})"
         raise DataValidationError(
-            f"{path}: {int(dup.sum())} duplicate row(s) on columns {key}; first: "
-            + ", ".join(f"{c}={first[c]!r}" for c in key)
+            f"{file}: {int(dup.sum())} duplicate row(s) on columns {key}; first: "
+            + ", ".join(f"{c}={first[c]!r}" for c in key) + also
         )
     if domains is not None:
         present = set(frame["domain"].unique())
         empty = [d for d in domains if d not in present]
         if empty:
             raise DataValidationError(
-                f"{path}: column 'domain' has no rows for configured domain(s) {empty}; "
+                f"{where}: column 'domain' has no rows for configured domain(s) {empty}; "
                 f"present: {sorted(present)}"
             )
     return frame

@@ -20,11 +20,20 @@ def hit_matrix(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int) -> np
         raise ValueError(f"ranked {ranked.shape} must be (n_users={len(relevant)}, >=k)")
     if not 1 <= k <= ranked.shape[1]:
         raise ValueError(f"k must be in [1, {ranked.shape[1]}], got {k}")
-    top = ranked[:, :k]
-    hits = np.zeros(top.shape, dtype=bool)
-    for u, rel in enumerate(relevant):
-        hits[u] = np.isin(top[u], rel) & (top[u] >= 0)
-    return hits
+    top = ranked[:, :k].astype(np.int64)  # (n_users, k)
+    lengths = np.array([len(rel) for rel in relevant], dtype=np.int64)
+    flat = (
+        np.concatenate([np.asarray(rel, dtype=np.int64).ravel() for rel in relevant])
+        if lengths.sum() else np.zeros(0, dtype=np.int64)
+    )
+    # One isin over (user, item) pairs encoded as user * width + item, instead of a
+    # Python loop over users; padding (-1) and negative positions never match.
+    width = int(max(top.max(initial=0), flat.max(initial=0))) + 1
+    owners = np.repeat(np.arange(len(relevant), dtype=np.int64), lengths)
+    flat_ok = flat >= 0
+    rel_keys = owners[flat_ok] * width + flat[flat_ok]  # (n_relevant,)
+    top_keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * width + top  # (n_users, k)
+    return np.isin(top_keys, rel_keys) & (top >= 0)
 
 
 def _n_relevant(relevant: Sequence[np.ndarray], n_relevant: np.ndarray | None) -> np.ndarray:

@@ -1,13 +1,17 @@
-"""Training loops and devices."""
+"""Training loops, devices and checkpoints."""
 
+from recxfer.train.checkpoint import Checkpoint, Checkpointer
 from recxfer.train.cross_domain import CrossDomainConfig, CrossDomainModel, train_cross_domain
 from recxfer.train.device import resolve_device
-from recxfer.train.mf import MFConfig, MFResult, train_mf
+from recxfer.train.mf import MFConfig, MFInit, MFResult, train_mf
 
 __all__ = [
+    "Checkpoint",
+    "Checkpointer",
     "CrossDomainConfig",
     "CrossDomainModel",
     "MFConfig",
+    "MFInit",
     "MFResult",
     "resolve_device",
     "train_cross_domain",

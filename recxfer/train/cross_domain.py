@@ -4,14 +4,18 @@ mapping that gives cold-start users a target embedding."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from recxfer.data.dataset import DomainMatrix, domain_matrix
+from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.device import resolve_device
-from recxfer.train.mf import MFConfig, MFResult, train_mf
+from recxfer.train.mf import MFConfig, MFInit, MFResult, train_mf
 from recxfer.transfer.emcdr import EMCDRConfig, apply_emcdr, fit_emcdr
 from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
 
@@ -37,11 +41,15 @@ class CrossDomainModel:
         domains: domain -> servable embeddings (source and every target).
         epoch_losses: domain -> mean training loss per epoch.
         device: the device used, e.g. ``"cpu"``.
+        resumed_from: domain -> MF epochs read from a checkpoint (0 when none).
+        warm_rows: domain -> ``(users, items)`` rows warm-started from ``init``.
     """
 
     domains: dict[str, DomainEmbeddings]
     epoch_losses: dict[str, list[float]]
     device: str
+    resumed_from: dict[str, int] = field(default_factory=dict)
+    warm_rows: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _warm_embeddings(matrix: DomainMatrix, result: MFResult) -> DomainEmbeddings:
@@ -58,7 +66,54 @@ def _warm_embeddings(matrix: DomainMatrix, result: MFResult) -> DomainEmbeddings
     )
 
 
-def train_cross_domain(train: pd.DataFrame, config: CrossDomainConfig) -> CrossDomainModel:
+def _mf_init(
+    matrix: DomainMatrix, config: MFConfig, prior: DomainEmbeddings | None
+) -> MFInit | None:
+    if prior is None:
+        return None
+    if prior.user_emb.shape[1] != config.dim:
+        log.warning(
+            "mf[%s]: no warm start: prior dim %d != configured dim %d",
+            matrix.domain, prior.user_emb.shape[1], config.dim,
+        )
+        return None
+    return MFInit.from_ids(
+        matrix.users.ids, matrix.items.ids,
+        prior.user_ids, prior.user_emb, prior.item_ids, prior.item_emb,
+    )
+
+
+def _train_domain(
+    matrix: DomainMatrix,
+    config: MFConfig,
+    device: torch.device,
+    prior: DomainEmbeddings | None,
+    checkpoint_dir: Path | None,
+) -> MFResult:
+    init = _mf_init(matrix, config, prior)
+    checkpointer = None
+    if checkpoint_dir is not None:
+        meta = {
+            "loop": "mf", "domain": matrix.domain, "users": len(matrix.users),
+            "items": len(matrix.items), "nnz": int(len(matrix.user_idx)),
+            "config": asdict(config), "warm_start": init is not None,
+        }
+        checkpointer = Checkpointer(Path(checkpoint_dir) / f"mf-{matrix.domain}", meta)
+    if init is not None:
+        log.info(
+            "mf[%s]: warm start: %d/%d users and %d/%d items from the prior model, the rest fresh",
+            matrix.domain, int(init.user_mask.sum()), len(matrix.users),
+            int(init.item_mask.sum()), len(matrix.items),
+        )
+    return train_mf(matrix, config, device, init, checkpointer)
+
+
+def train_cross_domain(
+    train: pd.DataFrame,
+    config: CrossDomainConfig,
+    init: Mapping[str, DomainEmbeddings] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> CrossDomainModel:
     """Train source and target embeddings, then a mapping per target.
 
     Every source user without training history in a target gets a transferred
@@ -67,17 +122,32 @@ def train_cross_domain(train: pd.DataFrame, config: CrossDomainConfig) -> CrossD
 
     Args:
         train: training interactions of every domain (held-out rows removed).
+        init: domain -> a prior model's embeddings (e.g. production's) to warm-start
+            from: users and items it knows start from its rows, new ones from the
+            random initialisation. Skipped for a domain whose dim differs.
+        checkpoint_dir: when given, each domain's MF loop checkpoints every epoch
+            under ``checkpoint_dir/mf-<domain>/`` and resumes from there. (The
+            EMCDR mapping is a few seconds of full-batch fitting, seeded, and is
+            simply refitted.)
+
+    Without ``init`` and ``checkpoint_dir`` the result is exactly the plain training.
     """
     device = resolve_device(config.device)
+    init = init or {}
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     src = domain_matrix(train, config.source)
-    src_result = train_mf(src, config.mf, device)
+    src_result = _train_domain(src, config.mf, device, init.get(config.source), ckpt_dir)
     domains = {config.source: _warm_embeddings(src, src_result)}
     losses = {config.source: src_result.epoch_losses}
+    resumed = {config.source: src_result.resumed_from}
+    warm_rows = {config.source: src_result.warm_rows}
     for target in config.targets:
         tgt = domain_matrix(train, target)
-        tgt_result = train_mf(tgt, config.mf, device)
+        tgt_result = _train_domain(tgt, config.mf, device, init.get(target), ckpt_dir)
         warm = _warm_embeddings(tgt, tgt_result)
         losses[target] = tgt_result.epoch_losses
+        resumed[target] = tgt_result.resumed_from
+        warm_rows[target] = tgt_result.warm_rows
         overlap_src = src.users.lookup(tgt.users.ids)  # (n_tgt_users,), -1 if not in source
         has_src = overlap_src >= 0
         mapping = fit_emcdr(
@@ -110,4 +180,4 @@ def train_cross_domain(train: pd.DataFrame, config: CrossDomainConfig) -> CrossD
             ),
             item_popularity=warm.item_popularity,
         )
-    return CrossDomainModel(domains, losses, device.type)
+    return CrossDomainModel(domains, losses, device.type, resumed, warm_rows)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from recxfer.losses.alignment import AlignmentConfig, AlignmentLoss
 from recxfer.losses.ranking import InBatchSoftmaxLoss
+from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.device import resolve_device
 from recxfer.train.histories import MultiDomainIndex
 from recxfer.transfer.shared import SharedModelConfig, SharedTransferModel
@@ -62,6 +63,7 @@ class SharedTrainResult:
     best_epoch: int
     seconds_per_epoch: list[float]
     device: str
+    resumed_from: int = 0
 
 
 def train_shared(
@@ -71,12 +73,15 @@ def train_shared(
     config: SharedTrainConfig,
     validate: Callable[[SharedTransferModel], float] | None = None,
     text_emb: np.ndarray | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> SharedTrainResult:
     """Train on every domain of ``index``; ``validate(model)`` (higher is better)
     picks the epoch and stops after ``patience`` epochs without improvement.
 
     Args:
         text_emb: ``(index.n_items_total, text_dim)`` item text embeddings or ``None``.
+        checkpointer: saves model, optimizer, RNG and early-stopping state after every
+            epoch; a run finding a checkpoint resumes after its epoch (same result).
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -109,7 +114,19 @@ def train_shared(
 
     best_state, best_score, best_epoch, bad_epochs = None, -np.inf, -1, 0
     losses, val_scores, seconds = [], [], []
-    for epoch in range(config.epochs):
+    modules = torch.nn.ModuleDict({"model": model, "align": align})
+    start_epoch = 0
+    if checkpointer is not None and (found := checkpointer.load_latest()) is not None:
+        start_epoch = found.restore(modules, optim, {"gen": gen})
+        state = found.extra
+        losses, val_scores, seconds = state["losses"], state["val_scores"], state["seconds"]
+        best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
+        best_state = state["best_state"]
+        log.info("shared: resumed from checkpoint epoch %d/%d (%s)", start_epoch, config.epochs,
+                 found.path)
+        if state["stopped"]:
+            start_epoch = config.epochs  # early stopping had already ended the run
+    for epoch in range(start_epoch, config.epochs):
         start_time = time.perf_counter()
         model.train()
         schedule = []
@@ -152,22 +169,29 @@ def train_shared(
             n_rows += users.shape[0]
         losses.append(total / max(1, n_rows))
         seconds.append(time.perf_counter() - start_time)
-        if validate is None:
-            continue
-        model.eval()
-        score = float(validate(model))
-        val_scores.append(score)
-        log.info("epoch %d loss %.4f val %.4f (%.1fs)", epoch, losses[-1], score, seconds[-1])
-        if score > best_score:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                break
+        stop = False
+        if validate is not None:
+            model.eval()
+            score = float(validate(model))
+            val_scores.append(score)
+            log.info("epoch %d loss %.4f val %.4f (%.1fs)", epoch, losses[-1], score, seconds[-1])
+            if score > best_score:
+                best_score, best_epoch, bad_epochs = score, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+                stop = bad_epochs >= config.patience
+        if checkpointer is not None:
+            checkpointer.save(epoch + 1, modules, optim, {
+                "losses": losses, "val_scores": val_scores, "seconds": seconds,
+                "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "best_state": best_state, "stopped": stop,
+            }, {"gen": gen})
+        if stop:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
         best_epoch = len(losses) - 1
     model.eval()
-    return SharedTrainResult(model, losses, val_scores, best_epoch, seconds, device.type)
+    return SharedTrainResult(model, losses, val_scores, best_epoch, seconds, device.type, start_epoch)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from recxfer.encoders.text import TextEmbeddingCache, TextEncoderConfig
+from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.cross_domain import CrossDomainModel
 from recxfer.train.histories import MultiDomainIndex, build_multi_domain_index
 from recxfer.train.shared import SharedTrainConfig, train_shared
@@ -65,6 +66,7 @@ def train_shared_cross_domain(
     items: pd.DataFrame | None = None,
     text_cache: Path | None = None,
     validator: Callable[[dict[str, DomainEmbeddings]], float] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> SharedCrossDomainModel:
     """Train the shared model on ``train`` and export every domain.
 
@@ -72,6 +74,8 @@ def train_shared_cross_domain(
         items: item titles, used by the text tower when ``config.use_text``.
         text_cache: folder caching text embeddings (encoded once).
         validator: scores exported domains (higher is better) for early stopping.
+        checkpoint_dir: per-epoch checkpoints go to ``checkpoint_dir/shared``; a run
+            finding one for the same data shape and config resumes from it.
     """
     domains = (source, *targets)
     index = build_multi_domain_index(train, domains, config.train.max_history, config.train.seed)
@@ -84,14 +88,20 @@ def train_shared_cross_domain(
     def validate(model: SharedTransferModel) -> float:
         return validator(export_domains(model, index))
 
+    checkpointer = None
+    if checkpoint_dir is not None:
+        meta = {"config": repr(config), "users": len(index.users), "items": index.n_items_total,
+                "domains": list(domains), "text": text_emb is not None}
+        checkpointer = Checkpointer(Path(checkpoint_dir) / "shared", meta)
     result = train_shared(index, source, targets, config.train,
-                          validate if validator is not None else None, text_emb)
+                          validate if validator is not None else None, text_emb, checkpointer)
     encoder = result.model.user_encoder
     query = getattr(encoder, "query", None)
     return SharedCrossDomainModel(
         domains=export_domains(result.model, index),
         epoch_losses={"shared": result.epoch_losses},
         device=result.device,
+        resumed_from={"shared": result.resumed_from},
         pooling=encoder.config.pooling,
         attention_query=None if query is None else query.detach().float().cpu().numpy(),
         max_history=config.train.max_history,

@@ -371,3 +371,52 @@ def test_versions_written_in_the_same_second_keep_their_order(tmp_path, monkeypa
         written.append(builder.version)
     assert list_versions(tmp_path) == written  # oldest first
     assert prune(tmp_path, keep=1) == [written[0]]  # the newest one survives
+
+
+# ----------------------------------------------------------------------------- clean-up, rollback
+
+
+def test_clean_staging_removes_leftovers_of_killed_writers(tmp_path) -> None:
+    root = tmp_path / "artifacts"
+    make(root, "v1")
+    publish(root, "v1")
+    (root / ".staging-v2-abc123").mkdir()
+    (root / ".staging-v2-abc123" / "half.npy").write_bytes(b"x")
+    os.symlink("v1", root / ".current-deadbeef")
+    (root / ".trash-v0-0a0b0c" / "domains").mkdir(parents=True)  # a prune killed mid-delete
+    (root / ".work").mkdir()  # not the store's business
+    assert store.clean_staging(root) == [".current-deadbeef", ".staging-v2-abc123", ".trash-v0-0a0b0c"]
+    assert entries(root) == [".work", CURRENT, "v1"]
+    assert store.clean_staging(tmp_path / "missing") == []
+
+
+def test_rollback_goes_to_the_previous_version_and_on_back(tmp_path) -> None:
+    root = tmp_path / "artifacts"
+    for version in ("v1", "v2", "v3"):
+        make(root, version)
+    publish(root, "v3")
+    assert store.rollback(root) == ("v3", "v2")
+    assert current_version(root) == "v2"
+    assert store.rollback(root) == ("v2", "v1")
+    with pytest.raises(ArtifactError, match="no version older"):
+        store.rollback(root)
+    assert store.rollback(root, to="v3") == ("v1", "v3")
+    with pytest.raises(ArtifactError, match="no complete artifact version 'v9'"):
+        store.rollback(root, to="v9")
+
+
+def test_rollback_verifies_the_target_first(tmp_path) -> None:
+    root = tmp_path / "artifacts"
+    make(root, "v1")
+    make(root, "v2")
+    publish(root, "v2")
+    flip_byte(root / "v1")
+    with pytest.raises(ArtifactError, match="sha256"):
+        store.rollback(root)
+    assert current_version(root) == "v2"  # nothing moved
+
+
+def test_rollback_without_current(tmp_path) -> None:
+    make(tmp_path, "v1")
+    with pytest.raises(ArtifactError, match="nothing to roll back"):
+        store.rollback(tmp_path)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recxfer.data import DataValidationError, IdMap, domain_matrix, load_data_dir
+from recxfer.data import DataValidationError, IdMap, domain_matrix, load_data_dir, load_sources
 from recxfer.data.dataset import fingerprint
 from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
 
@@ -212,3 +212,39 @@ def test_domain_matrix_of_an_empty_domain(tables) -> None:
     inter, _ = tables
     with pytest.raises(DataValidationError, match="podcasts"):
         domain_matrix(inter, "podcasts")
+
+
+# --------------------------------------------------------------------------- several sources
+
+
+def test_load_sources_concatenates_files_and_partition_folders(tmp_path: Path, tables) -> None:
+    inter, items = tables
+    whole = load_data_dir(write_dir(tmp_path / "whole", inter, items, "csv"), DOMAINS)
+    third = len(inter) // 3
+    inter.iloc[:third].to_csv(tmp_path / "day1.csv", index=False)
+    (tmp_path / "day2").mkdir()
+    inter.iloc[third : 2 * third].to_parquet(tmp_path / "day2" / "part-0.parquet", index=False)
+    inter.iloc[2 * third :].to_parquet(tmp_path / "day2" / "part-1.parquet", index=False)
+    items.to_csv(tmp_path / "items.csv", index=False)
+    data = load_sources([tmp_path / "day1.csv", tmp_path / "day2"], tmp_path / "items.csv", DOMAINS)
+    assert len(data.interactions) == len(inter)
+    assert data.fingerprint == whole.fingerprint
+
+
+def test_load_sources_names_the_bad_partition(tmp_path: Path, tables) -> None:
+    inter, items = tables
+    (tmp_path / "parts").mkdir()
+    inter.iloc[:100].to_parquet(tmp_path / "parts" / "part-0.parquet", index=False)
+    (tmp_path / "parts" / "part-1.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataValidationError, match=r"part-1\.parquet: cannot be read"):
+        load_sources([tmp_path / "parts"], None, DOMAINS)
+
+
+def test_duplicate_across_sources_names_both_files(tmp_path: Path, tables) -> None:
+    inter, _ = tables
+    inter.iloc[:200].to_csv(tmp_path / "a.csv", index=False)
+    inter.iloc[150:300].to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"b\.csv: 50 duplicate row\(s\).*first seen in .*a\.csv"):
+        load_sources([tmp_path / "a.csv", tmp_path / "b.csv"], None, ["video"])
+    with pytest.raises(DataValidationError, match="no interactions source"):
+        load_sources([], None, DOMAINS)

@@ -208,3 +208,45 @@ def test_single_row_users_stay_in_train() -> None:
     train, test = leave_one_out(frame)
     assert test.empty
     assert rows(train) == rows(frame)
+
+
+# --------------------------------------------------------------------------- stable (hash) splits
+
+
+def _roles(split, target: str) -> dict[str, str]:
+    return {**{u: "valid" for u in split.valid[target]["user_id"]},
+            **{u: "test" for u in split.test[target]["user_id"]}}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_hash_split_keeps_each_users_role_as_data_grows(interactions, target: str) -> None:
+    all_users = sorted(interactions["user_id"].unique())
+    early = interactions[interactions["user_id"].isin(all_users[:300])]
+    small = cold_start_split(early, SOURCE, TARGETS, cold_share=0.2, seed=0, method="hash")
+    big = cold_start_split(interactions, SOURCE, TARGETS, cold_share=0.2, seed=0, method="hash")
+    small_roles, big_roles = _roles(small, target), _roles(big, target)
+    assert small_roles == {u: r for u, r in big_roles.items() if u in set(all_users[:300])}
+    overlap = users_in(interactions, SOURCE) & users_in(interactions, target)
+    assert 0.1 < len(big_roles) / len(overlap) < 0.3  # about cold_share
+    assert set(big.valid[target]["user_id"]).isdisjoint(big.test[target]["user_id"])
+    assert rows(pd.concat([big.train, big.valid[target], big.test[target]])) >= rows(
+        interactions[interactions["domain"] == target]
+    )
+    other_seed = cold_start_split(interactions, SOURCE, TARGETS, cold_share=0.2, seed=1, method="hash")
+    assert _roles(other_seed, target) != big_roles
+
+
+def test_unknown_split_method(interactions) -> None:
+    with pytest.raises(ValueError, match="split method"):
+        cold_start_split(interactions, SOURCE, TARGETS, method="alphabetical")
+
+
+@pytest.mark.parametrize("with_timestamps", [True, False])
+def test_stable_leave_one_out_ignores_other_users_rows(interactions, with_timestamps: bool) -> None:
+    frame = interactions if with_timestamps else interactions.drop(columns="timestamp")
+    users = sorted(frame["user_id"].unique())
+    _, early = leave_one_out(frame[frame["user_id"].isin(users[:200])], seed=3, stable=True)
+    _, late = leave_one_out(frame, seed=3, stable=True)
+    assert rows(early) == rows(late[late["user_id"].isin(users[:200])])
+    _, other = leave_one_out(frame, seed=4, stable=True)
+    assert with_timestamps or rows(other) != rows(late)

@@ -1,0 +1,1 @@
+"""Entry points for scheduled batch work; thin wrappers over ``recxfer``."""

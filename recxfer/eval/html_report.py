@@ -1,0 +1,177 @@
+"""A self-contained HTML report of one evaluation run (e.g. a nightly retrain).
+
+One file, no external resources: plots are PNGs embedded as base64 ``data:``
+URIs, styles are inline. Sections, in order: the outcome (status and gate
+decision), key facts, the gate checks, metric tables per user group, recall@k
+curves, per-domain cold/warm bars, training loss curves, score distributions,
+step timings and the configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recxfer.eval import plots
+
+TABLE_METRICS = ("recall@10", "ndcg@10", "hr@10", "recall@50", "mrr")
+_STATUS_COLOURS = {"published": "#2e7d32", "forced": "#ef6c00", "gated": "#c62828"}
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Everything the report shows.
+
+    Attributes:
+        title: page title, e.g. ``"recxfer nightly 20240501T020000Z-0000-abc123"``.
+        status: ``"published"``, ``"forced"`` (published despite the gate) or ``"gated"``.
+        headline: one sentence under the status, e.g. the gate's reason.
+        facts: ordered label -> value pairs (run id, data fingerprint, production version, ...).
+        results: ``group -> domain -> method -> metric -> value`` (see ``plots``).
+        ks: the cut-offs evaluated (x axis of the recall curves).
+        gate_checks: one dict per check (``target``, ``metric``, ``new``,
+            ``production``, ``tolerance``, ``passed``, ``note``).
+        epoch_losses: domain -> training loss per epoch of the new model.
+        production_losses: the same for the production model, when known.
+        scores: ``domain -> model -> {"heldout": (n,), "random": (m,)}`` score samples.
+        timings: step -> seconds.
+        config: the run's configuration (shown as JSON).
+        bar_metric: metric of the per-domain bar chart.
+    """
+
+    title: str
+    status: str
+    headline: str
+    facts: Mapping[str, str]
+    results: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]
+    ks: Sequence[int]
+    gate_checks: Sequence[Mapping[str, Any]] = ()
+    epoch_losses: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    production_losses: Mapping[str, Sequence[float]] | None = None
+    scores: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    bar_metric: str = "recall@50"
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return _e(value)
+
+
+def _metrics_table(group: str, by_domain: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    head = "".join(f"<th>{_e(m)}</th>" for m in TABLE_METRICS)
+    rows = []
+    for domain in sorted(by_domain):
+        for method, metrics in by_domain[domain].items():
+            users = int(metrics.get("users", 0))
+            known = metrics.get("known_users")
+            users_cell = f"{users}" if known is None or int(known) == users else f"{users} ({int(known)} known)"
+            cells = "".join(f"<td>{_fmt(metrics.get(m))}</td>" for m in TABLE_METRICS)
+            label = plots.METHOD_LABELS.get(method, method)
+            rows.append(f"<tr><td>{_e(domain)}</td><td>{_e(label)}</td><td>{users_cell}</td>{cells}</tr>")
+    title = plots.GROUP_LABELS.get(group, group)
+    return (
+        f"<h3>{_e(title)}</h3><table><tr><th>domain</th><th>method</th><th>users</th>{head}</tr>"
+        + "".join(rows) + "</table>"
+    )
+
+
+def _gate_table(checks: Sequence[Mapping[str, Any]]) -> str:
+    if not checks:
+        return "<p>No gate checks were run.</p>"
+    rows = []
+    for check in checks:
+        verdict = {True: "pass", False: "FAIL", None: "skipped"}[check.get("passed")]
+        css = {"pass": "ok", "FAIL": "bad", "skipped": "muted"}[verdict]
+        rows.append(
+            f"<tr class='{css}'><td>{_e(check.get('target'))}</td><td>{_e(check.get('metric'))}</td>"
+            f"<td>{_fmt(check.get('new'))}</td><td>{_fmt(check.get('production'))}</td>"
+            f"<td>{_fmt(check.get('tolerance'))}</td><td>{verdict}</td><td>{_e(check.get('note', ''))}</td></tr>"
+        )
+    return (
+        "<table><tr><th>target</th><th>metric</th><th>new</th><th>production</th>"
+        "<th>tolerance</th><th>verdict</th><th>note</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def render_html(report: RunReport) -> str:
+    """The report as one self-contained HTML page."""
+    colour = _STATUS_COLOURS.get(report.status, "#455a64")
+    facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in report.facts.items())
+    tables = "".join(_metrics_table(g, report.results[g]) for g in report.results)
+    timings = "".join(
+        f"<tr><th>{_e(step)}</th><td>{seconds:.2f} s</td></tr>" for step, seconds in report.timings.items()
+    )
+    figures = [
+        ("Recall@k: new model vs production vs popularity", plots.recall_curves(report.results, report.ks),
+         "Recall of the held-out items within the top k of a full ranking of each target's "
+         "catalogue (training items excluded), per target and user group."),
+        (f"{report.bar_metric} per domain, cold-start and warm users",
+         plots.metric_bars(report.results, report.bar_metric),
+         "The gate's usual metric side by side for every target and user group."),
+        ("Training loss per epoch", plots.loss_curves(report.epoch_losses, report.production_losses),
+         "Mean training loss of each domain's embeddings; production's run dashed when its "
+         "manifest recorded it. A flat or rising curve points at a bad learning rate or data."),
+        ("Score distributions", plots.score_histograms(report.scores),
+         "Scores of held-out (relevant) user-item pairs against random items for the same users; "
+         "the further apart the two distributions, the better the model separates them."),
+    ]
+    figure_html = "".join(
+        f"<h2>{_e(title)}</h2><p class='muted'>{_e(caption)}</p>{_img(png, title)}"
+        for title, png, caption in figures
+    )
+    config = html.escape(json.dumps(report.config, indent=2, sort_keys=True, default=str))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(report.title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+th {{ background: #f3f3f3; }}
+tr.ok td {{ background: #e8f5e9; }} tr.bad td {{ background: #ffebee; }}
+.muted {{ color: #666; }}
+.status {{ display: inline-block; padding: 0.3em 0.8em; color: white; background: {colour};
+          border-radius: 4px; font-weight: bold; text-transform: uppercase; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
+pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }}
+</style></head><body>
+<h1>{_e(report.title)}</h1>
+<p><span class="status">{_e(report.status)}</span> {_e(report.headline)}</p>
+<table>{facts}</table>
+<h2>Gate</h2>{_gate_table(report.gate_checks)}
+<h2>Metrics</h2>{tables}
+{figure_html}
+<h2>Timings</h2><table>{timings}</table>
+<h2>Configuration</h2><pre>{config}</pre>
+</body></html>
+"""
+
+
+def write_report(report: RunReport, path: str | Path) -> Path:
+    """Render ``report`` to ``path`` (written whole, then renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render_html(report), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,221 @@
+"""The nightly job end to end on data_samples/, in process (small, fast config).
+
+Night 1 trains from scratch on the users below u01800 (``day1.csv``); night 2 reads
+``day1.csv`` plus a folder of Parquet partitions with 200 new users, warm-starts
+from night 1's production artifact, compares with it on the same split and
+publishes. The other tests start from a copy of that artifacts root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recxfer.artifacts import (
+    CURRENT,
+    RootLock,
+    current_version,
+    list_versions,
+    read_artifact,
+    read_lock,
+)
+from recxfer.nightly import (
+    EXIT_BAD_INPUT,
+    EXIT_GATED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    nightly_config_from_dict,
+    nightly_main,
+    rollback_production,
+    run_nightly,
+)
+from recxfer.nightly.job import REPORT_HTML, REPORTS_DIR, WORK_DIR
+from recxfer.serve import ServingModel
+
+SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
+# The MF + EMCDR method: it exercises warm start and per-domain checkpoints.
+FAST = {"method": "emcdr", "train": {"mf": {"epochs": 2, "dim": 16, "batch_size": 256, "lr": 0.05},
+                  "emcdr": {"epochs": 30, "hidden": 32}},
+        "nightly": {"report_ks": [5, 10, 50], "torch_threads": 1}}
+# Random embeddings: the mapping has nothing to learn, so the gate must stop it.
+REGRESSED = {"method": "emcdr", "train": {"mf": {"epochs": 0, "dim": 16}, "emcdr": {"epochs": 30, "hidden": 32}},
+             "nightly": {"warm_start": False, "interactions": ["day1.csv", "day2"],
+                         "report_ks": [5, 10, 50], "torch_threads": 1}}
+
+
+def _config(data: dict, **nightly) -> dict:
+    return {**data, "nightly": {**data.get("nightly", {}), **nightly}}
+
+
+def _write(tmp: Path, data: dict) -> Path:
+    path = tmp / "config.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data_samples as a day-1 CSV and a day-2 folder of Parquet partitions."""
+    out = tmp_path_factory.mktemp("data")
+    frame = pd.read_csv(SAMPLES / "interactions.csv", dtype=str)
+    new = frame["user_id"] >= "u01800"
+    frame[~new].to_csv(out / "day1.csv", index=False)
+    (out / "day2").mkdir()
+    day2 = frame[new].astype({"timestamp": "int64"})
+    half = len(day2) // 2
+    day2.iloc[:half].to_parquet(out / "day2" / "part-0.parquet", index=False)
+    day2.iloc[half:].to_parquet(out / "day2" / "part-1.parquet", index=False)
+    shutil.copy(SAMPLES / "items.csv", out / "items.csv")
+    return out
+
+
+@pytest.fixture(scope="module")
+def nights(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("artifacts")
+    first = run_nightly(data_dir, root, nightly_config_from_dict(_config(FAST, interactions=["day1.csv"])))
+    # A killed earlier run left a staging folder; the next run clears it under the lock.
+    (root / ".staging-20000101T000000Z-0000-000000-xyz").mkdir()
+    (root / WORK_DIR / "0123456789abcdef" / "checkpoints").mkdir(parents=True)
+    second = run_nightly(
+        data_dir, root, nightly_config_from_dict(_config(FAST, interactions=["day1.csv", "day2"]))
+    )
+    return root, first, second
+
+
+def _copy_root(root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "artifacts"
+    shutil.copytree(root, copy, symlinks=True)
+    return copy
+
+
+def test_first_night_publishes_from_scratch(nights) -> None:
+    root, first, _ = nights
+    assert first.status == "published" and first.exit_code == EXIT_OK
+    assert first.production is None and "first publish" in first.decision.reason
+    assert set(first.results) == {"cold_start", "warm"}
+    assert "production" not in first.results["cold_start"]["books"]
+
+
+def test_second_night_warm_starts_compares_and_publishes(nights) -> None:
+    root, first, second = nights
+    assert second.status == "published" and second.production == first.version
+    assert current_version(root) == second.version == second.run_id
+    assert list_versions(root) == [first.version, second.version]
+    for group in ("cold_start", "warm"):
+        for target in ("books", "music"):
+            methods = second.results[group][target]
+            assert set(methods) == {"model", "production", "popularity"}
+            assert methods["model"]["known_users"] == methods["model"]["users"]
+    # New users (day 2) are unknown to production: scored by its popularity ranking.
+    prod_books = second.results["warm"]["books"]["production"]
+    assert 0 < prod_books["known_users"] < prod_books["users"]
+    checks = second.decision.checks
+    assert len(checks) == 4 and all(c.passed for c in checks)
+    assert second.resumed_from == {"video": 0, "books": 0, "music": 0}
+    # Timings of every step.
+    assert set(second.timings) >= {"ingest", "production", "split", "train", "evaluate", "gate",
+                                   "report", "publish", "finish", "total"}
+
+
+def test_published_artifact_links_its_report_and_serves(nights) -> None:
+    root, first, second = nights
+    artifact = read_artifact(root / CURRENT)  # every checksum, the report's included
+    manifest = artifact.manifest
+    assert manifest["report"] == {"html": REPORT_HTML, "metrics": "report/metrics.json"}
+    page = artifact.file(REPORT_HTML).read_text()
+    assert page.count("data:image/png;base64,") == 4 and second.run_id in page
+    metrics = json.loads(artifact.file("report/metrics.json").read_text())
+    assert metrics["gate"]["passed"] and metrics["production"] == first.version
+    nightly = manifest["nightly"]
+    assert nightly["warm_start_from"] == first.version and nightly["gate"]["publish"]
+    assert manifest["metrics"]["warm"]["books"]["model"]["recall@50"] == pytest.approx(
+        second.results["warm"]["books"]["model"]["recall@50"]
+    )
+    assert manifest["config"]["train"]["mf"]["epochs"] == 2  # the job config, as `recxfer evaluate` reads it
+    assert len(manifest["epoch_losses"]["video"]) == 2
+    model = ServingModel.from_artifact(root / CURRENT)
+    assert model.version == second.version
+    assert len(model.recommend("u01999", "books", 5).item_ids) == 5  # a day-2 user is served
+
+
+def test_runs_leave_reports_and_no_leftovers(nights) -> None:
+    root, first, second = nights
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [WORK_DIR, CURRENT, REPORTS_DIR, first.version, second.version]
+    )
+    assert list((root / WORK_DIR).iterdir()) == []  # finished runs delete their checkpoints
+    assert sorted(p.name for p in (root / REPORTS_DIR).iterdir()) == [first.run_id, second.run_id]
+    run = json.loads((second.report_dir / "run.json").read_text())
+    assert run["status"] == "published" and run["exit_code"] == 0 and run["version"] == second.version
+    assert (second.report_dir / "report.html").read_text() == (root / second.version / REPORT_HTML).read_text()
+
+
+def test_regressed_model_is_gated_forced_then_rolled_back(
+    nights, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _copy_root(nights[0], tmp_path)
+    good = current_version(root)
+    caplog.set_level(logging.INFO)
+    # 1. Gated: exit 3, production kept, nothing new under a final name, a report says why.
+    assert nightly_main(data_dir, root, _write(tmp_path, REGRESSED)) == EXIT_GATED
+    assert current_version(root) == good
+    assert list_versions(root) == list_versions(nights[0])
+    assert "gate failed, production" in caplog.text
+    runs = sorted((root / REPORTS_DIR).iterdir())
+    gated = json.loads((runs[-1] / "run.json").read_text())
+    assert gated["status"] == "gated" and gated["version"] is None and not gated["gate"]["passed"]
+    assert gated["exit_code"] == EXIT_GATED
+    assert ">gated</span>" in (runs[-1] / "report.html").read_text()
+    # 2. --force publishes it anyway, logged and recorded in the manifest.
+    assert nightly_main(data_dir, root, _write(tmp_path, REGRESSED), force=True) == EXIT_OK
+    forced = current_version(root)
+    assert forced != good and "--force was given" in caplog.text
+    assert read_artifact(root / CURRENT).manifest["nightly"]["gate"]["forced"] is True
+    # 3. Rollback points current back at the previous (verified) version.
+    assert rollback_production(root) == (forced, good)
+    assert current_version(root) == good
+    read_artifact(root / CURRENT)
+
+
+def test_corrupt_input_stops_before_training(nights, data_dir: Path, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    root = _copy_root(nights[0], tmp_path)
+    bad_data = tmp_path / "data"
+    shutil.copytree(data_dir, bad_data)
+    (bad_data / "day2" / "part-1.parquet").write_bytes(b"PAR1 this is not parquet")
+    config = _write(tmp_path, _config(FAST, interactions=["day1.csv", "day2"]))
+    assert nightly_main(bad_data, root, config) == EXIT_BAD_INPUT
+    assert "part-1.parquet: cannot be read as interactions" in caplog.text
+    assert "step train" not in caplog.text
+    assert current_version(root) == current_version(nights[0])
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in nights[0].iterdir())
+    assert not (root / ".lock").exists()
+
+
+def test_bad_config_and_busy_lock_have_their_own_codes(nights, data_dir: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    root = _copy_root(nights[0], tmp_path)
+    assert nightly_main(data_dir, root, _write(tmp_path, {"nightly": {"gate": {"tolerance": -1}}})) == EXIT_BAD_INPUT
+    with RootLock(root):
+        holder = read_lock(root / ".lock")
+        assert nightly_main(data_dir, root, _write(tmp_path, FAST)) == EXIT_LOCKED
+        assert read_lock(root / ".lock") == holder  # not broken: its holder (us) is alive
+    assert "another run holds the lock" in caplog.text
+    assert current_version(root) == current_version(nights[0])
+
+
+def test_sigterm_becomes_an_exception_so_cleanup_runs() -> None:
+    import os
+    import signal
+
+    from recxfer.nightly.job import Terminated, _sigterm_raises
+
+    with pytest.raises(Terminated):
+        with _sigterm_raises():
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
