@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import logging
+
 import numpy as np
 
 from recxfer.index.base import check_search_args, drop_excluded, fetch_size
@@ -14,6 +16,8 @@ try:  # faiss comes as an extra (faiss-cpu / faiss-gpu)
     import faiss
 except ImportError:  # pragma: no cover - depends on the install
     faiss = None
+
+log = logging.getLogger(__name__)
 
 
 def faiss_available() -> bool:
@@ -42,14 +46,23 @@ class FaissIndex:
         self._cpu_index = index
         self._index = index
         if use_gpu and faiss_gpu_count() > 0:
-            self._index = faiss.index_cpu_to_all_gpus(index)
+            try:
+                self._index = faiss.index_cpu_to_all_gpus(index)
+            except RuntimeError as exc:  # e.g. HNSW has no GPU implementation
+                log.warning("faiss index %r stays on CPU: %s", factory, exc)
         self.on_gpu = self._index is not index
 
     @classmethod
     def build(
-        cls, item_emb: np.ndarray, factory: str = "Flat", use_gpu: bool = True
+        cls, item_emb: np.ndarray, factory: str = "Flat", use_gpu: bool = True, params: str = ""
     ) -> "FaissIndex":
-        """Build from ``(n_items, d)`` float32 embeddings; trains the index if needed."""
+        """Build from ``(n_items, d)`` float32 embeddings; trains the index if needed.
+
+        Args:
+            params: faiss search parameters, e.g. ``"nprobe=16"`` (IVF) or
+                ``"efSearch=128"`` (HNSW); stored in the index, so ``save``/``load``
+                keep them.
+        """
         if faiss is None:
             raise RuntimeError("faiss is not installed: install recxfer[cpu] or recxfer[gpu]")
         items = np.ascontiguousarray(item_emb, dtype=np.float32)
@@ -59,6 +72,8 @@ class FaissIndex:
         if not index.is_trained:
             index.train(items)
         index.add(items)
+        if params:
+            faiss.ParameterSpace().set_index_parameters(index, params)
         return cls(index, factory, use_gpu)
 
     @classmethod
