@@ -22,8 +22,8 @@ class TlsConfig:
         Raises:
             ValueError: a file cannot be read, naming the field.
         """
-        key = _read("tls.key", self.key)
         cert = _read("tls.cert", self.cert)
+        key = _read("tls.key", self.key)
         ca = _read("tls.client_ca", self.client_ca) if self.client_ca else None
         return [(key, cert)], ca, ca is not None
 

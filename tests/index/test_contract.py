@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from recxfer.index import ExactIndex, FaissIndex, build_index, faiss_available
+from recxfer.index import ExactIndex, FaissIndex, build_index, faiss_available, recall_vs_exact
 from recxfer.index.base import drop_excluded, fetch_size
 from recxfer.types import SearchResult
 
@@ -253,12 +253,6 @@ def clustered_data(n_items: int = 2000, n_queries: int = 100, dim: int = 16, see
     items = centers[rng.integers(0, 32, n_items)] + rng.standard_normal((n_items, dim))
     queries = centers[rng.integers(0, 32, n_queries)] + rng.standard_normal((n_queries, dim))
     return items.astype(np.float32), queries.astype(np.float32)
-
-
-def recall_vs_exact(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
-    """Mean fraction of the exact top-k found by the approximate top-k."""
-    k = exact_idx.shape[1]
-    return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx_idx.tolist(), exact_idx.tolist())]))
 
 
 @pytest.fixture(scope="module")
