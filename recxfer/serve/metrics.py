@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from recxfer.serve.model import ServingModel
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # no access log on stderr
+        pass
 
 
 class ServingMetrics:
@@ -73,9 +85,17 @@ class ServingMetrics:
         """Expose ``/metrics`` on ``host:port`` (port 0 picks one); returns the port."""
         host, _, port = address.rpartition(":")
         try:
-            self._http, _ = start_http_server(int(port), host or "0.0.0.0", registry=self.registry)
+            self._http = make_server(
+                host or "0.0.0.0", int(port), make_wsgi_app(self.registry),
+                _ThreadingWSGIServer, handler_class=_QuietHandler,
+            )
         except (OSError, ValueError) as exc:
             raise RuntimeError(f"cannot serve metrics on {address}: {exc}") from exc
+        # A short poll interval keeps shutdown quick.
+        threading.Thread(
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
+            name="metrics-http", daemon=True,
+        ).start()
         return int(self._http.server_address[1])
 
     def stop_http(self) -> None:
