@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from recxfer.artifacts import Artifact, ArtifactError, load_domain, read_artifact
 from recxfer.index import ItemIndex, load_index, topk_among
@@ -91,7 +90,8 @@ class DomainServing:
     Attributes:
         emb: the domain's tables.
         index: search over ``emb.item_emb``.
-        user_rows: external user id -> row of ``emb.user_emb``.
+        user_rows: external user id -> row of ``emb.user_emb`` (a dict: a lookup
+            costs ~0.1 us, a pandas ``get_indexer`` call ~0.5 ms).
         item_rows: external item id -> row of ``emb.item_emb``.
         popular_idx: ``(n_items,)`` item positions by decreasing popularity
             (ties: lower position first).
@@ -99,8 +99,8 @@ class DomainServing:
 
     emb: DomainEmbeddings
     index: ItemIndex
-    user_rows: pd.Index
-    item_rows: pd.Index
+    user_rows: dict[str, int]
+    item_rows: dict[str, int]
     popular_idx: np.ndarray
 
     @classmethod
@@ -108,22 +108,16 @@ class DomainServing:
         return cls(
             emb=emb,
             index=index,
-            user_rows=pd.Index(emb.user_ids),
-            item_rows=pd.Index(emb.item_ids),
+            user_rows=_row_map(emb.user_ids, "user_ids", emb.domain),
+            item_rows=_row_map(emb.item_ids, "item_ids", emb.domain),
             popular_idx=np.argsort(-emb.item_popularity, kind="stable"),
         )
-
-    def user_row(self, user_id: str) -> int:
-        """Row of a user, ``-1`` if unknown."""
-        return int(self.user_rows.get_indexer([user_id])[0])
 
     def item_positions(self, item_ids: Sequence[str]) -> np.ndarray:
         """``(m,)`` int64 positions of the known ones among ``item_ids`` (unknown
         ids dropped, order kept)."""
-        if len(item_ids) == 0:
-            return np.zeros(0, dtype=np.int64)
-        rows = self.item_rows.get_indexer(list(item_ids))
-        return rows[rows >= 0].astype(np.int64)
+        rows = self.item_rows
+        return np.array([rows[i] for i in item_ids if i in rows], dtype=np.int64)
 
     def filter_positions(
         self, item_filter: ItemFilter | None
@@ -277,11 +271,11 @@ class ServingModel:
             by_domain.setdefault(query.domain, []).append(i)
         for name, positions in by_domain.items():
             served = self.domain(name)
-            rows = served.user_rows.get_indexer([queries[i].user_id for i in positions])
             known, ks, exclude, allow = [], [], [], []
-            for i, row in zip(positions, rows):
+            for i in positions:
                 query = queries[i]
                 allowed, denied = served.filter_positions(query.item_filter)
+                row = served.user_rows.get(query.user_id, -1)
                 if row < 0:
                     if not popularity_fallback:
                         out[i] = UnknownUserError(
@@ -366,6 +360,14 @@ class ServingModel:
     def index_sizes(self) -> dict[str, int]:
         """Items indexed per domain."""
         return {name: served.index.ntotal for name, served in self.domains.items()}
+
+
+def _row_map(ids: np.ndarray, what: str, domain: str) -> dict[str, int]:
+    """External id -> row; duplicate ids are refused (they would be ambiguous)."""
+    rows = {str(i): row for row, i in enumerate(ids.tolist())}
+    if len(rows) != len(ids):
+        raise ArtifactError(f"domain {domain!r}: {what} holds duplicate ids")
+    return rows
 
 
 def _load_domain(artifact: Artifact, name: str, device: str) -> DomainServing:

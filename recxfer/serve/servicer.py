@@ -49,11 +49,12 @@ def _invalid(message: str) -> _Reject:
     return _Reject(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _scored(item_ids: Sequence[str], scores: Sequence[float]) -> list[recommender_pb2.ScoredItem]:
-    return [
-        recommender_pb2.ScoredItem(item_id=i, score=s)
-        for i, s in zip(item_ids, scores)
-    ]
+def _add_items(items: object, item_ids: Sequence[str], scores: Sequence[float]) -> None:
+    """Append ``ScoredItem``s to a repeated field (``.add`` is ~2x faster than
+    building the messages first)."""
+    add = items.add  # type: ignore[attr-defined]
+    for item_id, score in zip(item_ids, scores):
+        add(item_id=item_id, score=score)
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
@@ -123,12 +124,10 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         )
 
     @staticmethod
-    def _response(rec: Recommendation, version: str) -> recommender_pb2.RecommendResponse:
-        return recommender_pb2.RecommendResponse(
-            items=_scored(rec.item_ids.tolist(), rec.scores.tolist()),
-            model_version=version,
-            user_kind=_KINDS[rec.user_origin],
-        )
+    def _fill(out: recommender_pb2.RecommendResponse, rec: Recommendation, version: str) -> None:
+        _add_items(out.items, rec.item_ids.tolist(), rec.scores.tolist())
+        out.model_version = version
+        out.user_kind = _KINDS[rec.user_origin]
 
     # --- RPCs ------------------------------------------------------------------------
 
@@ -143,7 +142,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             if isinstance(result, UnknownUserError):
                 raise _Reject(grpc.StatusCode.NOT_FOUND, f"user_id: {result.args[0]}")
             self._check_deadline(context)
-            return self._response(result, model.version)
+            response = recommender_pb2.RecommendResponse()
+            self._fill(response, result, model.version)
+            return response
         except _Reject as reject:
             context.abort(reject.code, reject.message)
 
@@ -171,7 +172,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                         code=_NOT_FOUND_CODE, message=f"requests[{i}].user_id: {result.args[0]}"
                     ))
                 else:
-                    out.results.add(response=self._response(result, model.version))
+                    self._fill(out.results.add().response, result, model.version)
             return out
         except _Reject as reject:
             context.abort(reject.code, reject.message)
@@ -197,11 +198,11 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             except UnknownItemError as exc:
                 raise _Reject(grpc.StatusCode.NOT_FOUND, f"item_id: {exc.args[0]}") from None
             self._check_deadline(context)
-            return recommender_pb2.SimilarItemsResponse(
-                items=_scored(similar.item_ids.tolist(), similar.scores.tolist()),
-                model_version=model.version,
-                popularity_fallback=similar.popularity_fallback,
+            response = recommender_pb2.SimilarItemsResponse(
+                model_version=model.version, popularity_fallback=similar.popularity_fallback
             )
+            _add_items(response.items, similar.item_ids.tolist(), similar.scores.tolist())
+            return response
         except _Reject as reject:
             context.abort(reject.code, reject.message)
 

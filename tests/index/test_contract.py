@@ -348,7 +348,13 @@ def test_drop_excluded_pads_when_fewer_candidates_than_k() -> None:
     )
 
 
-def test_drop_excluded_matches_naive_loop_on_random_input() -> None:
+@pytest.mark.parametrize("budget", [1 << 22, 0], ids=["broadcast", "per-row"])
+def test_drop_excluded_matches_naive_loop_on_random_input(monkeypatch, budget: int) -> None:
+    """Both exclusion paths (one broadcast comparison, or np.isin per row when the
+    broadcast would be too large) agree with a naive loop."""
+    import recxfer.index.base
+
+    monkeypatch.setattr(recxfer.index.base, "_BROADCAST_BUDGET", budget)
     rng = np.random.default_rng(11)
     n, k_fetch, k = 20, 12, 5
     idx = np.stack([rng.permutation(30)[:k_fetch] for _ in range(n)]).astype(np.int64)

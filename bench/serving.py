@@ -1,0 +1,284 @@
+"""Serving benchmark: raw in-process faiss search vs the gRPC server, over loopback.
+
+    python bench/serving.py --items 100000 --out bench/results/serving_100k.json
+
+Builds a synthetic artifact (``--items`` random items, ``--users`` users with
+``--seen`` training items each, d=``--dim``, a faiss ``--factory`` index), then
+
+1. **raw faiss** (the baseline): ``index.search`` in this process, batches of
+   ``--batch`` queries (``raw_faiss_qps``) and single queries
+   (``raw_faiss_unary_qps``), ``--duration`` seconds each;
+2. starts ``recxfer serve`` on that artifact in a subprocess and drives it from
+   an asyncio gRPC load generator in this process with ``Recommend`` (one user
+   per call) and ``BatchRecommend`` (``--batch`` users per call) at each
+   ``--concurrency`` (calls in flight), ``--duration`` seconds each, after a
+   short warm-up.
+
+QPS always counts users (queries) per second, so the gRPC and raw figures
+compare directly. The server excludes each user's seen items (faiss fetches
+k + seen candidates), like production; the raw baseline searches plain top-k.
+Both sides share the machine's cores with the load generator (the server and the
+client run on the same host), which the JSON records.
+
+The run is bounded: about ``(2 + 2 * len(concurrency)) * (duration + 0.5)``
+seconds plus building and loading the artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from recxfer.artifacts import index_file, publish, save_domain, write_artifact
+from recxfer.index import FaissIndex, faiss_gpu_count
+from recxfer.types import DomainEmbeddings, SeenItems
+from recxfer.v1 import recommender_pb2 as pb
+from recxfer.v1 import recommender_pb2_grpc
+
+DOMAIN = "items"
+
+
+def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, np.ndarray]:
+    """Write and publish a one-domain artifact; returns its path and the user
+    embeddings ``(users, dim)``."""
+    rng = np.random.default_rng(args.seed)
+    items = rng.standard_normal((args.items, args.dim), dtype=np.float32)
+    users = rng.standard_normal((args.users, args.dim), dtype=np.float32)
+    user_idx = np.repeat(np.arange(args.users), args.seen)
+    item_idx = rng.integers(0, args.items, args.users * args.seen)
+    emb = DomainEmbeddings(
+        domain=DOMAIN,
+        user_ids=np.array([f"u{i}" for i in range(args.users)], dtype=object),
+        user_emb=users,
+        user_origin=np.array(["warm"] * args.users, dtype=object),
+        item_ids=np.array([f"i{j}" for j in range(args.items)], dtype=object),
+        item_emb=items,
+        seen=SeenItems.from_pairs(args.users, user_idx, item_idx),
+        item_popularity=rng.integers(0, 1000, args.items).astype(np.int64),
+    )
+    with write_artifact(root, config={"bench": vars(args)}, data_fingerprint="bench") as builder:
+        save_domain(builder.path, emb)
+        FaissIndex.build(items, args.factory, use_gpu=False, params=args.params).save(
+            builder.path / index_file(DOMAIN)
+        )
+        builder.extra["domains"] = {
+            DOMAIN: {
+                "role": "target", "users": args.users, "items": args.items, "dim": args.dim,
+                "index": {"factory": args.factory, "params": args.params,
+                          "file": index_file(DOMAIN)},
+            }
+        }
+    assert builder.artifact is not None
+    publish(root, builder.artifact.version)
+    return builder.artifact.path, users
+
+
+def percentiles(latencies_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean())}
+
+
+def bench_raw(index_path: Path, users: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """In-process ``faiss.Index.search`` throughput, batched and single-query."""
+    import faiss
+
+    index = faiss.read_index(str(index_path))
+    rng = np.random.default_rng(1)
+    out: dict[str, Any] = {"omp_threads": faiss.omp_get_max_threads()}
+    for name, size in (("batch", args.batch), ("unary", 1)):
+        index.search(users[:size], args.k)  # warm-up
+        latencies, queries = [], 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.duration:
+            rows = rng.integers(0, len(users), size)
+            t0 = time.perf_counter()
+            index.search(users[rows], args.k)
+            latencies.append(time.perf_counter() - t0)
+            queries += size
+        elapsed = time.perf_counter() - start
+        out[name] = {"qps": queries / elapsed, "calls": len(latencies), **percentiles(latencies)}
+    return out
+
+
+def start_server(root: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    command = [
+        sys.executable, "-m", "recxfer.cli", "serve", "--artifacts", str(root),
+        "--address", "127.0.0.1:0", "--reload-interval", "0", "--workers", str(args.workers),
+        "--max-batch", str(max(args.batch, 256)), "--index-device", args.index_device,
+        "--max-message-bytes", str(64 * 1024 * 1024),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    match = re.search(r" on (\S+:\d+) ", line)
+    if not match:
+        process.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return process, match.group(1)
+
+
+async def drive(address: str, mode: str, concurrency: int, duration: float,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """``concurrency`` loops calling the server back to back for ``duration`` s."""
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        rng = np.random.default_rng(concurrency)
+        size = args.batch if mode == "batch" else 1
+
+        def request() -> Any:
+            users = [f"u{u}" for u in rng.integers(0, args.users, size)]
+            if mode == "batch":
+                return stub.BatchRecommend(pb.BatchRecommendRequest(requests=[
+                    pb.RecommendRequest(user_id=u, domain=DOMAIN, k=args.k) for u in users
+                ]), timeout=30)
+            return stub.Recommend(pb.RecommendRequest(user_id=users[0], domain=DOMAIN, k=args.k),
+                                  timeout=30)
+
+        latencies: list[float] = []
+        errors = 0
+        state = {"measuring": False, "stop": False}
+
+        async def loop() -> None:
+            nonlocal errors
+            while not state["stop"]:
+                t0 = time.perf_counter()
+                try:
+                    response = await request()
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                if state["measuring"]:
+                    latencies.append(time.perf_counter() - t0)
+                    n = len(response.results) if mode == "batch" else 1
+                    assert n == size
+
+        tasks = [asyncio.create_task(loop()) for _ in range(concurrency)]
+        await asyncio.sleep(args.warmup)
+        state["measuring"] = True
+        start = time.perf_counter()
+        await asyncio.sleep(duration)
+        elapsed = time.perf_counter() - start
+        state["measuring"], state["stop"] = False, True
+        await asyncio.gather(*tasks)
+    calls = len(latencies)
+    return {"mode": mode, "concurrency": concurrency, "calls": calls, "errors": errors,
+            "qps": calls * size / elapsed, **percentiles(latencies or [float("nan")])}
+
+
+def device_info(args: argparse.Namespace) -> str:
+    gpus = faiss_gpu_count()
+    cuda = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and args.index_device == "auto":
+            cuda = f", torch CUDA {torch.cuda.get_device_name(0)}"
+    except ImportError:  # pragma: no cover
+        pass
+    where = f"faiss GPU x{gpus}" if gpus and args.index_device == "auto" else "faiss CPU"
+    return f"{where}{cuda}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, required=True, help="catalogue size")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--seen", type=int, default=10, help="training items per user (excluded)")
+    parser.add_argument("--batch", type=int, default=64, help="users per BatchRecommend")
+    parser.add_argument("--concurrency", default="1,8,32", help="calls in flight, comma-separated")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before each one")
+    parser.add_argument("--factory", default="Flat", help="faiss index factory string")
+    parser.add_argument("--params", default="", help="faiss search parameters, e.g. nprobe=16")
+    parser.add_argument("--workers", type=int, default=8, help="server RPC threads")
+    parser.add_argument("--index-device", choices=["auto", "cpu"], default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+
+    tmp = Path(tempfile.mkdtemp(prefix="recxfer-bench-"))
+    process = None
+    try:
+        t0 = time.perf_counter()
+        artifact, users = build_artifact(tmp, args)
+        build_s = time.perf_counter() - t0
+        print(f"artifact built in {build_s:.1f}s: {args.items} items, {args.factory}", flush=True)
+        raw = bench_raw(artifact / index_file(DOMAIN), users, args)
+        print(f"raw faiss: batch {raw['batch']['qps']:.0f} q/s, unary {raw['unary']['qps']:.0f} q/s",
+              flush=True)
+        del users
+        t0 = time.perf_counter()
+        process, address = start_server(tmp, args)
+        load_s = time.perf_counter() - t0
+        runs = []
+        for mode in ("unary", "batch"):
+            for c in concurrency:
+                run = asyncio.run(drive(address, mode, c, args.duration, args))
+                runs.append(run)
+                print(f"grpc {mode:5s} c={c:<3d} {run['qps']:8.0f} q/s  p50 {run['p50_ms']:7.2f} ms"
+                      f"  p99 {run['p99_ms']:7.2f} ms  errors {run['errors']}", flush=True)
+    finally:
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def by_c(mode: str, key: str) -> dict[str, float]:
+        return {str(r["concurrency"]): round(r[key], 3) for r in runs if r["mode"] == mode}
+
+    best_batch = max(r["qps"] for r in runs if r["mode"] == "batch")
+    best_unary = max(r["qps"] for r in runs if r["mode"] == "unary")
+    result = {
+        "command": "python bench/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "items": args.items, "dim": args.dim, "k": args.k, "users": args.users,
+        "seen_per_user": args.seen, "batch_size": args.batch, "factory": args.factory,
+        "params": args.params, "server_workers": args.workers, "duration_s": args.duration,
+        "device": device_info(args),
+        "load_average_at_end": os.getloadavg(),
+        "concurrency": concurrency,
+        "raw_faiss_qps": round(raw["batch"]["qps"], 1),
+        "raw_faiss_unary_qps": round(raw["unary"]["qps"], 1),
+        "raw_faiss": raw,
+        "grpc_unary_qps": by_c("unary", "qps"),
+        "grpc_unary_p50_ms": by_c("unary", "p50_ms"),
+        "grpc_unary_p99_ms": by_c("unary", "p99_ms"),
+        "grpc_batch_qps": by_c("batch", "qps"),
+        "grpc_batch_p50_ms": by_c("batch", "p50_ms"),
+        "grpc_batch_p99_ms": by_c("batch", "p99_ms"),
+        "batch_vs_raw": round(best_batch / raw["batch"]["qps"], 3),
+        "unary_vs_raw_unary": round(best_unary / raw["unary"]["qps"], 3),
+        "errors": sum(r["errors"] for r in runs),
+        "artifact_build_s": round(build_s, 1),
+        "server_start_s": round(load_s, 1),
+        "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"batch/raw {result['batch_vs_raw']}, wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
