@@ -69,7 +69,7 @@ def _serve_config(args: argparse.Namespace) -> "ServeConfig":
         "max_workers": args.workers, "max_concurrent_rpcs": args.max_concurrent_rpcs,
         "popularity_fallback": args.popularity_fallback, "metrics_address": args.metrics_address,
         "shutdown_delay_s": args.shutdown_delay, "grace_s": args.grace,
-        "index_device": args.index_device,
+        "index_device": args.index_device, "search_threads": args.search_threads,
     }
     config = replace(config, **{k: v for k, v in flags.items() if v is not None})
     if args.tls_cert or args.tls_key or args.tls_client_ca:
@@ -94,6 +94,7 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
     from functools import partial
 
     from recxfer.artifacts import ArtifactError
+    from recxfer.index import set_search_threads
     from recxfer.serve import ArtifactWatcher, ModelHolder, ServingModel, create_server
 
     config = _serve_config(args)
@@ -120,6 +121,7 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
     except BaseException:
         server.stop(grace=None)  # release the port
         raise
+    set_search_threads(config.search_threads)  # process-wide: only once serving for sure
     server.start()
     if watcher is not None and args.reload_interval > 0:
         watcher.start()
@@ -273,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {d.shutdown_delay_s})")
         g.add_argument("--index-device", choices=["auto", "cpu"],
                        help="auto: GPU when present (default); cpu: never")
+        g.add_argument("--search-threads", type=int, metavar="N",
+                       help="threads per index search (default 1: concurrent requests "
+                            "already use the cores; 0: all cores)")
 
     p = sub.add_parser(
         "serve", help="serve artifacts over gRPC (hot reload of ROOT/current)",

@@ -8,7 +8,12 @@ import numpy as np
 
 from recxfer.index.base import ItemIndex
 from recxfer.index.exact import ExactIndex, cuda_available
-from recxfer.index.faiss_index import FaissIndex, faiss_available, faiss_gpu_count
+from recxfer.index.faiss_index import (
+    FaissIndex,
+    faiss_available,
+    faiss_gpu_count,
+    set_search_threads,
+)
 from recxfer.index.filtering import topk_among
 from recxfer.index.recall import index_recall, recall_vs_exact
 
@@ -68,5 +73,6 @@ __all__ = [
     "index_recall",
     "load_index",
     "recall_vs_exact",
+    "set_search_threads",
     "topk_among",
 ]

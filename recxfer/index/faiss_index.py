@@ -32,6 +32,26 @@ def faiss_gpu_count() -> int:
     return int(getattr(faiss, "get_num_gpus", lambda: 0)())
 
 
+def set_search_threads(n: int) -> None:
+    """Threads each faiss search (and torch CPU exact search) may use, process-wide;
+    ``0`` restores the libraries' default (all cores).
+
+    A server answering concurrent requests is best with 1: requests already run
+    in parallel, and OpenMP teams per single-query search cost more than they
+    give on a few (shared) cores.
+    """
+    import os
+
+    import torch
+
+    if n < 0:
+        raise ValueError(f"search threads must be >= 0, got {n}")
+    cores = os.cpu_count() or 1
+    if faiss is not None:
+        faiss.omp_set_num_threads(n or cores)
+    torch.set_num_threads(n or cores)
+
+
 class FaissIndex:
     """Wraps a faiss index with inner-product metric and seen-item exclusion.
 

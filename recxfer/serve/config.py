@@ -59,7 +59,11 @@ class ServeConfig:
         shutdown_delay_s: on stop, time between reporting NOT_SERVING and refusing
             new calls, for load balancers to notice.
         grace_s: on stop, time granted to RPCs in flight.
-        index_device: ``"auto"`` (GPU when present) or ``"cpu"``.
+        index_device: ``"auto"`` (GPU when present) or ``"cpu"``; used by the
+            model loader (``ServingModel.from_artifact``).
+        search_threads: threads per index search, process-wide, set by
+            ``recxfer serve`` at start (``recxfer.index.set_search_threads``): 1
+            serves concurrent requests best; 0 is the libraries' default.
     """
 
     max_k: int = 1000
@@ -76,6 +80,7 @@ class ServeConfig:
     shutdown_delay_s: float = 0.0
     grace_s: float = 5.0
     index_device: str = "auto"
+    search_threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_k", "max_batch", "max_history", "max_filter_ids",
@@ -84,6 +89,8 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
             raise ValueError(f"max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
+        if self.search_threads < 0:
+            raise ValueError(f"search_threads must be >= 0, got {self.search_threads}")
         if self.shutdown_delay_s < 0 or self.grace_s < 0:
             raise ValueError("shutdown_delay_s and grace_s must be >= 0")
         if any(not t for t in self.auth_tokens):

@@ -218,7 +218,7 @@ def test_serve_help_lists_every_option_with_the_config_defaults(capsys):
                  "--max-message-bytes", "--workers", "--max-concurrent-rpcs",
                  "--popularity-fallback", "--metrics-address", "--tls-cert", "--tls-key",
                  "--tls-client-ca", "--token-file", "--grace", "--shutdown-delay",
-                 "--index-device"):
+                 "--index-device", "--search-threads"):
         assert flag in text, flag
     d = ServeConfig()
     for value in (d.max_k, d.max_batch, d.max_history, d.max_filter_ids, d.max_message_bytes,
