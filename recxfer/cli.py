@@ -94,7 +94,6 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
     from functools import partial
 
     from recxfer.artifacts import ArtifactError
-    from recxfer.index import set_search_threads
     from recxfer.serve import ArtifactWatcher, ModelHolder, ServingModel, create_server
 
     config = _serve_config(args)
@@ -121,7 +120,6 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
     except BaseException:
         server.stop(grace=None)  # release the port
         raise
-    set_search_threads(config.search_threads)  # process-wide: only once serving for sure
     server.start()
     if watcher is not None and args.reload_interval > 0:
         watcher.start()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
-
-import logging
 
 import numpy as np
 
@@ -33,23 +33,18 @@ def faiss_gpu_count() -> int:
 
 
 def set_search_threads(n: int) -> None:
-    """Threads each faiss search (and torch CPU exact search) may use, process-wide;
-    ``0`` restores the libraries' default (all cores).
+    """Threads the faiss searches *of the calling thread* may use (OpenMP keeps the
+    setting per thread: a thread started later gets the default, all cores);
+    ``0`` restores the default.
 
-    A server answering concurrent requests is best with 1: requests already run
-    in parallel, and OpenMP teams per single-query search cost more than they
-    give on a few (shared) cores.
+    A server answering concurrent requests is best with 1 in each worker thread:
+    requests already run in parallel, and an OpenMP team per single-query search
+    costs more than it gives on a few (shared) cores.
     """
-    import os
-
-    import torch
-
     if n < 0:
         raise ValueError(f"search threads must be >= 0, got {n}")
-    cores = os.cpu_count() or 1
     if faiss is not None:
-        faiss.omp_set_num_threads(n or cores)
-    torch.set_num_threads(n or cores)
+        faiss.omp_set_num_threads(n or os.cpu_count() or 1)
 
 
 class FaissIndex:

@@ -61,9 +61,9 @@ class ServeConfig:
         grace_s: on stop, time granted to RPCs in flight.
         index_device: ``"auto"`` (GPU when present) or ``"cpu"``; used by the
             model loader (``ServingModel.from_artifact``).
-        search_threads: threads per index search, process-wide, set by
-            ``recxfer serve`` at start (``recxfer.index.set_search_threads``): 1
-            serves concurrent requests best; 0 is the libraries' default.
+        search_threads: faiss threads per search in each RPC worker thread
+            (``recxfer.index.set_search_threads``): 1 serves concurrent requests
+            best; 0 is faiss's default (all cores).
     """
 
     max_k: int = 1000

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recxfer.index import set_search_threads
 from recxfer.serve.config import ServeConfig
 from recxfer.serve.holder import ModelHolder
 from recxfer.serve.interceptors import BearerTokenInterceptor, MetricsInterceptor
@@ -121,7 +122,11 @@ def create_server(
     if config.auth_tokens:
         interceptors.append(BearerTokenInterceptor(config.auth_tokens))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="rpc",
+            # OpenMP keeps its thread count per thread: set it in each worker.
+            initializer=set_search_threads, initargs=(config.search_threads,),
+        ),
         interceptors=interceptors,
         options=[
             # SO_REUSEPORT off: a second server on a busy port must fail, not share it.

@@ -3,6 +3,8 @@ faiss search parameters, and which index ``load_index`` serves with."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,29 @@ def test_load_index_picks_the_backend(tmp_path):
     assert auto.ntotal == 500
     with pytest.raises(ValueError, match="device"):
         load_index(None, "Flat", items, device="tpu")
+
+
+@needs_faiss
+def test_set_search_threads_is_per_thread():
+    import threading
+
+    import faiss
+
+    from recxfer.index import set_search_threads
+
+    seen = []
+
+    def worker():
+        set_search_threads(1)
+        seen.append(faiss.omp_get_max_threads())
+        set_search_threads(0)
+        seen.append(faiss.omp_get_max_threads())
+
+    before = faiss.omp_get_max_threads()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [1, os.cpu_count()]
+    assert faiss.omp_get_max_threads() == before  # this thread is untouched
+    with pytest.raises(ValueError):
+        set_search_threads(-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import urllib.request
@@ -232,3 +233,22 @@ def test_serve_help_lists_every_option_with_the_config_defaults(capsys):
 def test_serve_config_rejects_non_positive_limits(name):
     with pytest.raises(ValueError, match=name):
         ServeConfig(**{name: 0})
+
+
+# --- search threads ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+def test_search_threads_apply_in_the_rpc_worker_threads(start_server, model, tools, threads):
+    faiss = pytest.importorskip("faiss")
+    seen = []
+
+    class Probe(tools.SlowIndex):
+        def search(self, queries, k, exclude=None):
+            seen.append(faiss.omp_get_max_threads())
+            return super().search(queries, k, exclude)
+
+    probed = tools.with_index(model, "books", Probe)
+    running = start_server(ModelHolder(probed), search_threads=threads)
+    running.stub.Recommend(req(), timeout=TIMEOUT)
+    assert seen == [threads or os.cpu_count()]
