@@ -7,8 +7,10 @@ fault; the message starts with the field at fault (``"k: ..."``,
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -55,6 +57,22 @@ def _add_items(items: object, item_ids: Sequence[str], scores: Sequence[float]) 
     add = items.add  # type: ignore[attr-defined]
     for item_id, score in zip(item_ids, scores):
         add(item_id=item_id, score=score)
+
+
+_Rpc = Callable[[Any, Any, grpc.ServicerContext], Any]
+
+
+def _aborting(method: _Rpc) -> _Rpc:
+    """Turn a ``_Reject`` raised by an RPC method into ``context.abort``."""
+
+    @functools.wraps(method)
+    def rpc(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except _Reject as reject:
+            context.abort(reject.code, reject.message)
+
+    return rpc
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
@@ -131,112 +149,104 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
 
     # --- RPCs ------------------------------------------------------------------------
 
+    @_aborting
     def Recommend(
         self, request: recommender_pb2.RecommendRequest, context: grpc.ServicerContext
     ) -> recommender_pb2.RecommendResponse:
-        try:
-            model = self._model()
-            query = self._query(model, request)
-            self._check_deadline(context)
-            (result,) = model.recommend_many([query], self._config.popularity_fallback)
-            if isinstance(result, UnknownUserError):
-                raise _Reject(grpc.StatusCode.NOT_FOUND, f"user_id: {result.args[0]}")
-            self._check_deadline(context)
-            response = recommender_pb2.RecommendResponse()
-            self._fill(response, result, model.version)
-            return response
-        except _Reject as reject:
-            context.abort(reject.code, reject.message)
+        model = self._model()
+        query = self._query(model, request)
+        self._check_deadline(context)
+        (result,) = model.recommend_many([query], self._config.popularity_fallback)
+        if isinstance(result, UnknownUserError):
+            raise _Reject(grpc.StatusCode.NOT_FOUND, f"user_id: {result.args[0]}")
+        self._check_deadline(context)
+        response = recommender_pb2.RecommendResponse()
+        self._fill(response, result, model.version)
+        return response
 
+    @_aborting
     def BatchRecommend(
         self, request: recommender_pb2.BatchRecommendRequest, context: grpc.ServicerContext
     ) -> recommender_pb2.BatchRecommendResponse:
-        try:
-            model = self._model()
-            n = len(request.requests)
-            if n == 0:
-                raise _invalid("requests: must not be empty")
-            if n > self._config.max_batch:
-                raise _invalid(f"requests: at most {self._config.max_batch} per batch, got {n}")
-            queries = [
-                self._query(model, entry, f"requests[{i}].")
-                for i, entry in enumerate(request.requests)
-            ]
-            self._check_deadline(context)
-            results = model.recommend_many(queries, self._config.popularity_fallback)
-            self._check_deadline(context)
-            out = recommender_pb2.BatchRecommendResponse(model_version=model.version)
-            for i, result in enumerate(results):
-                if isinstance(result, UnknownUserError):
-                    out.results.add(error=recommender_pb2.RequestError(
-                        code=_NOT_FOUND_CODE, message=f"requests[{i}].user_id: {result.args[0]}"
-                    ))
-                else:
-                    self._fill(out.results.add().response, result, model.version)
-            return out
-        except _Reject as reject:
-            context.abort(reject.code, reject.message)
+        model = self._model()
+        n = len(request.requests)
+        if n == 0:
+            raise _invalid("requests: must not be empty")
+        if n > self._config.max_batch:
+            raise _invalid(f"requests: at most {self._config.max_batch} per batch, got {n}")
+        queries = [
+            self._query(model, entry, f"requests[{i}].")
+            for i, entry in enumerate(request.requests)
+        ]
+        self._check_deadline(context)
+        results = model.recommend_many(queries, self._config.popularity_fallback)
+        self._check_deadline(context)
+        out = recommender_pb2.BatchRecommendResponse(model_version=model.version)
+        for i, result in enumerate(results):
+            if isinstance(result, UnknownUserError):
+                out.results.add(error=recommender_pb2.RequestError(
+                    code=_NOT_FOUND_CODE, message=f"requests[{i}].user_id: {result.args[0]}"
+                ))
+            else:
+                self._fill(out.results.add().response, result, model.version)
+        return out
 
+    @_aborting
     def SimilarItems(
         self, request: recommender_pb2.SimilarItemsRequest, context: grpc.ServicerContext
     ) -> recommender_pb2.SimilarItemsResponse:
+        model = self._model()
+        if not request.domain:
+            raise _invalid("domain: must not be empty")
+        if not request.item_id:
+            raise _invalid("item_id: must not be empty")
+        self._check_k(request.k, "k")
+        self._check_domain(model, request.domain, "domain")
+        item_filter = self._item_filter(request.filter, "filter")
+        self._check_deadline(context)
         try:
-            model = self._model()
-            if not request.domain:
-                raise _invalid("domain: must not be empty")
-            if not request.item_id:
-                raise _invalid("item_id: must not be empty")
-            self._check_k(request.k, "k")
-            self._check_domain(model, request.domain, "domain")
-            item_filter = self._item_filter(request.filter, "filter")
-            self._check_deadline(context)
-            try:
-                similar = model.similar_items(
-                    request.domain, request.item_id, request.k, item_filter,
-                    self._config.popularity_fallback,
-                )
-            except UnknownItemError as exc:
-                raise _Reject(grpc.StatusCode.NOT_FOUND, f"item_id: {exc.args[0]}") from None
-            self._check_deadline(context)
-            response = recommender_pb2.SimilarItemsResponse(
-                model_version=model.version, popularity_fallback=similar.popularity_fallback
+            similar = model.similar_items(
+                request.domain, request.item_id, request.k, item_filter,
+                self._config.popularity_fallback,
             )
-            _add_items(response.items, similar.item_ids.tolist(), similar.scores.tolist())
-            return response
-        except _Reject as reject:
-            context.abort(reject.code, reject.message)
+        except UnknownItemError as exc:
+            raise _Reject(grpc.StatusCode.NOT_FOUND, f"item_id: {exc.args[0]}") from None
+        self._check_deadline(context)
+        response = recommender_pb2.SimilarItemsResponse(
+            model_version=model.version, popularity_fallback=similar.popularity_fallback
+        )
+        _add_items(response.items, similar.item_ids.tolist(), similar.scores.tolist())
+        return response
 
+    @_aborting
     def RecommendFromHistory(
         self, request: recommender_pb2.RecommendFromHistoryRequest, context: grpc.ServicerContext
     ) -> recommender_pb2.RecommendResponse:
         """Validates the request and resolves the history; the query-time encoding
         of the history (the inductive user encoder) is not in this build yet, so a
         valid request ends in UNIMPLEMENTED."""
-        try:
-            model = self._model()
-            self._check_domain(model, request.source_domain, "source_domain")
-            self._check_domain(model, request.target_domain, "target_domain")
-            n = len(request.source_item_ids)
-            if n == 0:
-                raise _invalid("source_item_ids: must not be empty")
-            if n > self._config.max_history:
-                raise _invalid(
-                    f"source_item_ids: at most {self._config.max_history} ids, got {n}"
-                )
-            self._check_k(request.k, "k")
-            self._item_filter(request.filter, "filter")
-            history = model.known_items(request.source_domain, request.source_item_ids)
-            if history.size == 0:
-                raise _Reject(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"source_item_ids: none of the {n} ids is known in domain "
-                    f"{request.source_domain!r}",
-                )
-            self._check_deadline(context)
-            raise _Reject(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "RecommendFromHistory: not available yet: this server has no inductive "
-                "user encoder to turn a source history into a target embedding",
+        model = self._model()
+        self._check_domain(model, request.source_domain, "source_domain")
+        self._check_domain(model, request.target_domain, "target_domain")
+        n = len(request.source_item_ids)
+        if n == 0:
+            raise _invalid("source_item_ids: must not be empty")
+        if n > self._config.max_history:
+            raise _invalid(
+                f"source_item_ids: at most {self._config.max_history} ids, got {n}"
             )
-        except _Reject as reject:
-            context.abort(reject.code, reject.message)
+        self._check_k(request.k, "k")
+        self._item_filter(request.filter, "filter")
+        history = model.known_items(request.source_domain, request.source_item_ids)
+        if history.size == 0:
+            raise _Reject(
+                grpc.StatusCode.NOT_FOUND,
+                f"source_item_ids: none of the {n} ids is known in domain "
+                f"{request.source_domain!r}",
+            )
+        self._check_deadline(context)
+        raise _Reject(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "RecommendFromHistory: not available yet: this server has no inductive "
+            "user encoder to turn a source history into a target embedding",
+        )
