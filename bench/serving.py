@@ -160,6 +160,58 @@ def bench_raw(index_path: Path, users: np.ndarray, args: argparse.Namespace) -> 
     return out
 
 
+def breakdown(artifact: Path, users: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Where a BatchRecommend's server time goes, measured in-process on one thread
+    (no gRPC, no competing load generator): the faiss search alone, the model's
+    search (id lookup, seen-item exclusion, over-fetch), building the response
+    and serialising it. Each figure is the minimum of repeated runs, which is
+    robust to other jobs on a shared host."""
+    import faiss
+
+    from recxfer.serve import RecommendQuery, ServingModel
+    from recxfer.serve.servicer import RecommenderServicer
+
+    faiss.omp_set_num_threads(1)
+    model = ServingModel.from_artifact(artifact, device="cpu")
+    faiss_index = faiss.read_index(str(artifact / index_file(DOMAIN)))
+    rng = np.random.default_rng(2)
+    rows = rng.integers(0, len(users), args.batch)
+    queries = [RecommendQuery(f"u{r}", DOMAIN, args.k) for r in rows]
+    results = model.recommend_many(queries)
+
+    def build() -> pb.BatchRecommendResponse:
+        out = pb.BatchRecommendResponse(model_version=model.version)
+        for result in results:
+            RecommenderServicer._fill(out.results.add().response, result, model.version)
+        return out
+
+    message = build()
+    steps = {
+        "faiss_search": lambda: faiss_index.search(users[rows], args.k),
+        "model_search": lambda: model.recommend_many(queries),
+        "build_response": build,
+        "serialize": message.SerializeToString,
+        "faiss_search_unary": lambda: faiss_index.search(users[rows[:1]], args.k),
+        "model_search_unary": lambda: model.recommend_many(queries[:1]),
+    }
+    out: dict[str, Any] = {"batch": args.batch}
+    for name, step in steps.items():
+        times = []
+        start = time.perf_counter()
+        while len(times) < 3 or (time.perf_counter() - start < args.duration / 2 and len(times) < 200):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_ms"] = round(min(times) * 1000, 3)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    server_ms = out["model_search_ms"] + out["build_response_ms"] + out["serialize_ms"]
+    out["server_batch_vs_faiss_time"] = round(server_ms / out["faiss_search_ms"], 3)
+    out["server_unary_vs_faiss_time"] = round(
+        out["model_search_unary_ms"] / out["faiss_search_unary_ms"], 3
+    )
+    return out
+
+
 def start_server(root: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable, "-m", "recxfer.cli", "serve", "--artifacts", str(root),
@@ -270,6 +322,18 @@ def main(argv: list[str] | None = None) -> int:
         raw = bench_raw(artifact / index_file(DOMAIN), users, args)
         print(f"raw faiss: batch {raw['batch']['qps']:.0f} q/s, unary {raw['unary']['qps']:.0f} q/s",
               flush=True)
+        costs = breakdown(artifact, users, args)
+        print(f"in-process batch: faiss {costs['faiss_search_ms']} ms, model "
+              f"{costs['model_search_ms']} ms, response {costs['build_response_ms']} ms", flush=True)
+        recall = None
+        if args.factory != "Flat":
+            from recxfer.index import index_recall
+
+            recall = index_recall(FaissIndex.load(artifact / index_file(DOMAIN), args.factory,
+                                                  use_gpu=False),
+                                  np.load(artifact / "domains" / DOMAIN / "item_emb.npy"),
+                                  users, (args.k,), max_queries=200)
+            print(f"recall vs exact: {recall}", flush=True)
         t0 = time.perf_counter()
         process, address = start_server(tmp, args)
         load_s = time.perf_counter() - t0
@@ -322,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_vs_raw": round(best_batch / raw_batch, 3),
         "unary_vs_raw_unary": round(best_unary / raw_unary, 3),
         "errors": sum(r["errors"] for r in runs),
+        "inprocess_breakdown": costs,
+        "index_recall_vs_exact": recall,
         "artifact_build_s": round(build_s, 1),
         "server_start_s": round(load_s, 1),
         "runs": runs,
