@@ -114,7 +114,7 @@ class ArtifactWatcher:
             old = self.holder.swap(model)
             self._loaded = target
             log.info(
-                "hot reload: %s -> %s", old.version if old else None, model.version,
+                "swapped in artifact %s (was %s)", model.version, old.version if old else None,
                 extra={"event": "artifact_reloaded", "version": model.version,
                        "previous": old.version if old else None},
             )
