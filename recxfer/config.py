@@ -32,6 +32,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
+        if isinstance(value, dict) and not dataclasses.is_dataclass(hint):
+            # ``SomeConfig | None``: an object is the dataclass member of the union.
+            members = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+            hint = members[0] if len(members) == 1 else hint
         if dataclasses.is_dataclass(hint):
             kwargs[name] = from_dict(hint, value, f"{where}.{name}")
         elif typing.get_origin(hint) is tuple and isinstance(value, list):

@@ -30,7 +30,7 @@ from recxfer.artifacts import (
 from recxfer.config import from_dict, to_dict
 from recxfer.data import ColdStartSplit, CrossDomainData, cold_start_split, load_data_dir
 from recxfer.eval import DEFAULT_KS, evaluate_cold_start
-from recxfer.index import FaissIndex, build_index
+from recxfer.index import FaissIndex, build_index, index_recall
 from recxfer.train import CrossDomainConfig, CrossDomainModel, MFConfig, train_cross_domain
 from recxfer.train.shared import SharedTrainConfig
 from recxfer.train.shared_domains import (
@@ -60,10 +60,14 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Index per domain: faiss factory string, backend ``auto``/``faiss``/``exact``."""
+    """Index per domain: faiss factory string, backend ``auto``/``faiss``/``exact``,
+    faiss search parameters (``"nprobe=16"``, ``"efSearch=128"``) and the cut-offs
+    of the recall against exact search stored in the manifest."""
 
     factory: str = "Flat"
     backend: str = "auto"
+    params: str = ""
+    recall_ks: tuple[int, ...] = (10, 100)
 
 
 METHODS = ("shared", "emcdr")
@@ -215,18 +219,28 @@ def write_model_artifact(
         domains_meta: dict[str, Any] = {}
         for domain, emb in model.domains.items():
             save_domain(builder.path, emb)
-            index = build_index(emb.item_emb, config.index.factory, config.index.backend)
+            index = build_index(
+                emb.item_emb, config.index.factory, config.index.backend, config.index.params
+            )
+            index_meta: dict[str, Any] = {
+                "factory": config.index.factory,
+                "params": config.index.params,
+                "file": None,
+            }
             if isinstance(index, FaissIndex):
                 index.save(builder.path / index_file(domain))
+                index_meta["file"] = index_file(domain)
+                # Approximate-vs-exact recall on the artifact's own users.
+                index_meta["recall"] = index_recall(
+                    index, emb.item_emb, emb.user_emb, config.index.recall_ks
+                )
+                log.info("%s index %s: %s", domain, config.index.factory, index_meta["recall"])
             domains_meta[domain] = {
                 "role": "source" if domain == config.train.source else "target",
                 "users": len(emb.user_ids),
                 "items": len(emb.item_ids),
                 "dim": int(emb.item_emb.shape[1]),
-                "index": {
-                    "factory": config.index.factory,
-                    "file": index_file(domain) if isinstance(index, FaissIndex) else None,
-                },
+                "index": index_meta,
             }
         builder.metrics.update(metrics)
         builder.extra.update(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from recxfer.artifacts import current_version, load_domain, read_artifact
+from recxfer.index import faiss_available
 from recxfer.pipeline import JobConfig, evaluate_artifact, load_config, train_evaluate_publish
 from recxfer.serve import ModelHolder, ServingModel
 from recxfer.types import UserOrigin
@@ -46,6 +47,11 @@ def test_artifact_is_published_and_complete(job) -> None:
     assert manifest["config"]["train"]["source"] == "video"
     books = load_domain(artifact, "books")
     assert (books.user_origin == UserOrigin.TRANSFER.value).any()
+    if faiss_available():  # the default Flat index is exact: recall 1 on the artifact's users
+        for name, meta in manifest["domains"].items():
+            recall = meta["index"]["recall"]
+            assert recall["queries"] == min(meta["users"], 1000), name
+            assert recall["recall@10"] == recall["recall@100"] == 1.0, name
 
 
 def test_evaluate_artifact_reproduces_the_stored_metrics(job) -> None:

@@ -51,6 +51,9 @@ def check_search_args(
     return queries
 
 
+_BROADCAST_BUDGET = 1 << 22  # comparisons done at once by drop_excluded (4 MiB of bools)
+
+
 def drop_excluded(
     idx: np.ndarray, scores: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None
 ) -> SearchResult:
@@ -58,10 +61,18 @@ def drop_excluded(
     not excluded (and not ``-1``), padding with ``-1`` / ``-inf``."""
     n = idx.shape[0]
     keep = idx >= 0  # (n, k_fetch)
-    if exclude is not None:
-        for row, banned in enumerate(exclude):
-            if len(banned):
-                keep[row] &= ~np.isin(idx[row], banned)
+    width = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+    if width and n * idx.shape[1] * width <= _BROADCAST_BUDGET:
+        # One broadcast comparison against the exclusions padded to (n, width):
+        # much faster than a np.isin call per row for serving-size batches.
+        banned = np.full((n, width), -2, dtype=np.int64)  # -2 matches no position
+        for row, items in enumerate(exclude):
+            banned[row, : len(items)] = items
+        keep &= ~(idx[:, :, None] == banned[:, None, :]).any(axis=2)  # (n, k_fetch)
+    elif width:
+        for row, items in enumerate(exclude):
+            if len(items):
+                keep[row] &= ~np.isin(idx[row], items)
     # Stable sort puts kept candidates first, in their original (best-first) order.
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # (n, k')
     out_idx = np.take_along_axis(idx, order, axis=1)

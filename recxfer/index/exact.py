@@ -15,14 +15,26 @@ from recxfer.index.base import check_search_args, drop_excluded, fetch_size
 from recxfer.types import SearchResult
 
 
+SCORE_BUDGET = 1 << 26  # floats of scores held at once by default (256 MiB)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device."""
+    return bool(torch.cuda.is_available())
+
+
 class ExactIndex:
     """Brute-force top-k: ``scores = queries @ items.T`` in chunks, then ``topk``."""
 
-    def __init__(self, item_emb: np.ndarray, device: str = "auto", chunk: int = 4096) -> None:
+    def __init__(
+        self, item_emb: np.ndarray, device: str = "auto", chunk: int | None = None
+    ) -> None:
         """Args:
         item_emb: ``(n_items, d)`` float32.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        chunk: queries scored per step (bounds memory to ``chunk * n_items``).
+        chunk: queries scored per step (bounds memory to ``chunk * n_items``
+            floats); by default as many as fit in ``SCORE_BUDGET`` floats (256 MiB),
+            at most 4096 and at least 1.
         """
         if item_emb.ndim != 2 or item_emb.shape[0] == 0:
             raise ValueError(f"item_emb must be a non-empty (n, d) array, got {item_emb.shape}")
@@ -32,7 +44,7 @@ class ExactIndex:
         self._items = torch.as_tensor(
             np.ascontiguousarray(item_emb, dtype=np.float32), device=self.device
         )  # (I, d)
-        self._chunk = chunk
+        self._chunk = chunk or max(1, min(4096, SCORE_BUDGET // self.ntotal))
 
     @property
     def ntotal(self) -> int:

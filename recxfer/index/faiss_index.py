@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +17,8 @@ try:  # faiss comes as an extra (faiss-cpu / faiss-gpu)
 except ImportError:  # pragma: no cover - depends on the install
     faiss = None
 
+log = logging.getLogger(__name__)
+
 
 def faiss_available() -> bool:
     """Whether the faiss package can be imported."""
@@ -26,6 +30,21 @@ def faiss_gpu_count() -> int:
     if faiss is None:
         return 0
     return int(getattr(faiss, "get_num_gpus", lambda: 0)())
+
+
+def set_search_threads(n: int) -> None:
+    """Threads the faiss searches *of the calling thread* may use (OpenMP keeps the
+    setting per thread: a thread started later gets the default, all cores);
+    ``0`` restores the default.
+
+    A server answering concurrent requests is best with 1 in each worker thread:
+    requests already run in parallel, and an OpenMP team per single-query search
+    costs more than it gives on a few (shared) cores.
+    """
+    if n < 0:
+        raise ValueError(f"search threads must be >= 0, got {n}")
+    if faiss is not None:
+        faiss.omp_set_num_threads(n or os.cpu_count() or 1)
 
 
 class FaissIndex:
@@ -42,14 +61,23 @@ class FaissIndex:
         self._cpu_index = index
         self._index = index
         if use_gpu and faiss_gpu_count() > 0:
-            self._index = faiss.index_cpu_to_all_gpus(index)
+            try:
+                self._index = faiss.index_cpu_to_all_gpus(index)
+            except RuntimeError as exc:  # e.g. HNSW has no GPU implementation
+                log.warning("faiss index %r stays on CPU: %s", factory, exc)
         self.on_gpu = self._index is not index
 
     @classmethod
     def build(
-        cls, item_emb: np.ndarray, factory: str = "Flat", use_gpu: bool = True
+        cls, item_emb: np.ndarray, factory: str = "Flat", use_gpu: bool = True, params: str = ""
     ) -> "FaissIndex":
-        """Build from ``(n_items, d)`` float32 embeddings; trains the index if needed."""
+        """Build from ``(n_items, d)`` float32 embeddings; trains the index if needed.
+
+        Args:
+            params: faiss search parameters, e.g. ``"nprobe=16"`` (IVF) or
+                ``"efSearch=128"`` (HNSW); stored in the index, so ``save``/``load``
+                keep them.
+        """
         if faiss is None:
             raise RuntimeError("faiss is not installed: install recxfer[cpu] or recxfer[gpu]")
         items = np.ascontiguousarray(item_emb, dtype=np.float32)
@@ -59,6 +87,8 @@ class FaissIndex:
         if not index.is_trained:
             index.train(items)
         index.add(items)
+        if params:
+            faiss.ParameterSpace().set_index_parameters(index, params)
         return cls(index, factory, use_gpu)
 
     @classmethod

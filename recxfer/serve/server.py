@@ -1,31 +1,77 @@
-"""``create_server``: the gRPC server with the recommender, health and reflection."""
+"""``create_server``: the gRPC server with the recommender, health, reflection,
+metrics, optional TLS and bearer-token check. No module-level state: everything
+belongs to the ``RecommenderServer`` a call builds."""
 
 from __future__ import annotations
 
+import logging
+import time
 from concurrent import futures
+from dataclasses import replace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recxfer.index import set_search_threads
+from recxfer.serve.config import ServeConfig
 from recxfer.serve.holder import ModelHolder
+from recxfer.serve.interceptors import BearerTokenInterceptor, MetricsInterceptor
+from recxfer.serve.metrics import ServingMetrics
+from recxfer.serve.model import ServingModel
 from recxfer.serve.servicer import RecommenderServicer
 from recxfer.v1 import recommender_pb2, recommender_pb2_grpc
 
+log = logging.getLogger(__name__)
+
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+_CONFIG_GRACE = object()  # ``stop()`` without a grace: the config's
 
 
 class RecommenderServer:
-    """A built (not yet started) server and what it serves."""
+    """A built (not yet started) server and what it serves.
 
-    def __init__(self, server: grpc.Server, port: int, holder: ModelHolder,
-                 health_servicer: health.HealthServicer) -> None:
+    Attributes:
+        server: the ``grpc.Server``.
+        port: the bound port.
+        holder: the model holder; every swap refreshes health and metrics.
+        health: the health servicer (``""`` and the Recommender service).
+        metrics: this server's Prometheus metrics.
+        config: the limits and options it was built with.
+        metrics_port: port of ``/metrics`` once started (``None`` when disabled).
+    """
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        holder: ModelHolder,
+        health_servicer: health.HealthServicer,
+        metrics: ServingMetrics | None = None,
+        config: ServeConfig | None = None,
+    ) -> None:
         self.server = server
         self.port = port
         self.holder = holder
         self.health = health_servicer
+        self.metrics = metrics or ServingMetrics()
+        self.config = config or ServeConfig()
+        self.metrics_port: int | None = None
+        holder.add_listener(self._on_swap)
+        model = holder.get()
+        if model is not None:
+            self.metrics.model_swapped(model)
+
+    def _on_swap(self, model: ServingModel) -> None:
+        self.refresh_health()
+        self.metrics.model_swapped(model)
+        log.info("serving %s", model.version, extra={"event": "model_swapped", "version": model.version})
 
     def start(self) -> None:
+        """Start answering (and serving ``/metrics`` when configured)."""
+        if self.config.metrics_address is not None:
+            self.metrics_port = self.metrics.serve_http(self.config.metrics_address)
         self.server.start()
         self.refresh_health()
 
@@ -39,29 +85,59 @@ class RecommenderServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
-    def stop(self, grace: float | None = 2.0) -> None:
-        """Health to NOT_SERVING, then stop, letting requests in flight finish."""
+    def stop(self, grace: Any = _CONFIG_GRACE) -> None:
+        """Graceful shutdown: health to NOT_SERVING, wait ``shutdown_delay_s`` for
+        load balancers to notice, refuse new RPCs and let those in flight finish
+        for up to ``grace`` seconds (the config's ``grace_s`` by default; ``None``
+        cancels them at once), then stop ``/metrics``."""
+        grace = self.config.grace_s if grace is _CONFIG_GRACE else grace
         self.health.enter_graceful_shutdown()
+        if self.config.shutdown_delay_s > 0:
+            time.sleep(self.config.shutdown_delay_s)
         self.server.stop(grace).wait()
+        self.holder.remove_listener(self._on_swap)
+        self.metrics.stop_http()
+        log.info("server stopped", extra={"event": "server_stopped", "port": self.port})
 
 
 def create_server(
-    address: str, holder: ModelHolder, *, max_k: int = 1000, max_workers: int = 8
+    address: str, holder: ModelHolder, config: ServeConfig | None = None, **overrides: Any
 ) -> tuple[RecommenderServer, int]:
     """Build a server bound to ``address`` (``host:0`` picks a free port).
+
+    Args:
+        config: limits and options (defaults: ``ServeConfig()``).
+        overrides: ``ServeConfig`` fields replacing the config's, e.g. ``max_k=5``.
 
     Returns:
         ``(server, port)``; call ``server.start()``.
 
     Raises:
+        ValueError: an invalid config value or an unreadable TLS file.
         RuntimeError: the address cannot be bound.
     """
-    # SO_REUSEPORT off: a second server on a busy port must fail, not share it.
+    config = replace(config or ServeConfig(), **overrides)
+    metrics = ServingMetrics()
+    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    if config.auth_tokens:
+        interceptors.append(BearerTokenInterceptor(config.auth_tokens))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), options=[("grpc.so_reuseport", 0)]
+        futures.ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="rpc",
+            # OpenMP keeps its thread count per thread: set it in each worker.
+            initializer=set_search_threads, initargs=(config.search_threads,),
+        ),
+        interceptors=interceptors,
+        options=[
+            # SO_REUSEPORT off: a second server on a busy port must fail, not share it.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
-        RecommenderServicer(holder, max_k), server
+        RecommenderServicer(holder, config), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -69,11 +145,18 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(address)
+        if config.tls is not None:
+            pairs, client_ca, require_client = config.tls.credentials_args()
+            credentials = grpc.ssl_server_credentials(
+                pairs, root_certificates=client_ca, require_client_auth=require_client
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise RuntimeError(f"cannot bind {address}: {exc}") from exc
     if port == 0:
         raise RuntimeError(f"cannot bind {address}")
-    wrapped = RecommenderServer(server, port, holder, health_servicer)
+    wrapped = RecommenderServer(server, port, holder, health_servicer, metrics, config)
     wrapped.refresh_health()
     return wrapped, port

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from recxfer.index import ExactIndex, FaissIndex, build_index, faiss_available
+from recxfer.index import ExactIndex, FaissIndex, build_index, faiss_available, recall_vs_exact
 from recxfer.index.base import drop_excluded, fetch_size
 from recxfer.types import SearchResult
 
@@ -255,12 +255,6 @@ def clustered_data(n_items: int = 2000, n_queries: int = 100, dim: int = 16, see
     return items.astype(np.float32), queries.astype(np.float32)
 
 
-def recall_vs_exact(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
-    """Mean fraction of the exact top-k found by the approximate top-k."""
-    k = exact_idx.shape[1]
-    return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx_idx.tolist(), exact_idx.tolist())]))
-
-
 @pytest.fixture(scope="module")
 def clustered():
     items, queries = clustered_data()
@@ -354,7 +348,13 @@ def test_drop_excluded_pads_when_fewer_candidates_than_k() -> None:
     )
 
 
-def test_drop_excluded_matches_naive_loop_on_random_input() -> None:
+@pytest.mark.parametrize("budget", [1 << 22, 0], ids=["broadcast", "per-row"])
+def test_drop_excluded_matches_naive_loop_on_random_input(monkeypatch, budget: int) -> None:
+    """Both exclusion paths (one broadcast comparison, or np.isin per row when the
+    broadcast would be too large) agree with a naive loop."""
+    import recxfer.index.base
+
+    monkeypatch.setattr(recxfer.index.base, "_BROADCAST_BUDGET", budget)
     rng = np.random.default_rng(11)
     n, k_fetch, k = 20, 12, 5
     idx = np.stack([rng.permutation(30)[:k_fetch] for _ in range(n)]).astype(np.int64)

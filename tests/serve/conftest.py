@@ -16,7 +16,9 @@ Every user's scores are checked to be free of near-ties, so the expected ranking
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -241,3 +243,67 @@ def expected() -> Callable[..., tuple[list[str], np.ndarray]]:
 def make_artifact() -> Callable[..., Artifact]:
     """``make_artifact(root, domains, use_faiss=True, version=None)``."""
     return write_test_artifact
+
+
+def brute_force_ids(
+    emb: DomainEmbeddings,
+    query: np.ndarray,
+    k: int,
+    exclude: set[str] = frozenset(),
+    allow: set[str] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Numpy brute force over a ``(d,)`` query vector: top-``k`` admissible item ids
+    (not in ``exclude``; in ``allow`` when given) and their scores."""
+    scores = (emb.item_emb @ query).astype(np.float32)  # (I,)
+    order = [
+        j for j in np.argsort(-scores, kind="stable")
+        if emb.item_ids[j] not in exclude and (allow is None or emb.item_ids[j] in allow)
+    ][:k]
+    return [str(emb.item_ids[j]) for j in order], scores[order]
+
+
+def seen_ids(emb: DomainEmbeddings, user_id: str) -> set[str]:
+    row = list(emb.user_ids).index(user_id)
+    return {str(i) for i in emb.item_ids[emb.seen.row(row)]}
+
+
+def user_vec(emb: DomainEmbeddings, user_id: str) -> np.ndarray:
+    return emb.user_emb[list(emb.user_ids).index(user_id)]
+
+
+class SlowIndex:
+    """Wraps an index: counts searches (and queries), sleeps ``delay`` in each."""
+
+    def __init__(self, inner, delay: float = 0.0) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.calls: list[int] = []  # queries per search call
+
+    @property
+    def ntotal(self) -> int:
+        return self.inner.ntotal
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def search(self, queries, k, exclude=None):
+        self.calls.append(len(queries))
+        if self.delay:
+            time.sleep(self.delay)
+        return self.inner.search(queries, k, exclude)
+
+
+def with_index(model: ServingModel, domain: str, wrap: Callable) -> ServingModel:
+    """A copy of ``model`` whose ``domain`` index is ``wrap(old_index)``."""
+    served = model.domains[domain]
+    return replace(model, domains={**model.domains, domain: replace(served, index=wrap(served.index))})
+
+
+@pytest.fixture(scope="session")
+def tools() -> SimpleNamespace:
+    """Helpers for the tests: ``brute``, ``seen``, ``vec``, ``SlowIndex``, ``with_index``."""
+    return SimpleNamespace(
+        brute=brute_force_ids, seen=seen_ids, vec=user_vec, SlowIndex=SlowIndex,
+        with_index=with_index,
+    )

@@ -200,7 +200,9 @@ def test_reflection_describes_the_recommender(served):
     ]
     mine = [p for p in protos if p.package == "recxfer.v1"]
     assert mine and mine[0].name == "recxfer/v1/recommender.proto"
-    assert [m.name for m in mine[0].service[0].method] == ["Recommend"]
+    assert [m.name for m in mine[0].service[0].method] == [
+        "Recommend", "BatchRecommend", "RecommendFromHistory", "SimilarItems"
+    ]
 
 
 # --- binding ---------------------------------------------------------------------

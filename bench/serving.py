@@ -1,0 +1,402 @@
+"""Serving benchmark: raw in-process faiss search vs the gRPC server, over loopback.
+
+    python bench/serving.py --items 100000 --out bench/results/serving_100k.json
+
+Builds a synthetic artifact (``--items`` random items, ``--users`` users with
+``--seen`` training items each, d=``--dim``, a faiss ``--factory`` index), then
+
+1. **raw faiss** (the baseline): ``index.search`` in this process, batches of
+   ``--batch`` queries (``raw_faiss_qps``) and single queries
+   (``raw_faiss_unary_qps``), ``--duration`` seconds each;
+2. starts ``recxfer serve`` on that artifact in a subprocess and drives it from
+   an asyncio gRPC load generator in this process with ``Recommend`` (one user
+   per call) and ``BatchRecommend`` (``--batch`` users per call) at each
+   ``--concurrency`` (calls in flight), ``--duration`` seconds each, after a
+   warm-up call; calls started within the window are all waited for and
+   counted (closed loop), so slow configurations finish their last calls.
+
+QPS always counts users (queries) per second, so the gRPC and raw figures
+compare directly. The server excludes each user's seen items (faiss fetches
+k + seen candidates), like production; the raw baseline searches plain top-k.
+Both sides share the machine's cores with the load generator (the server and the
+client run on the same host), which the JSON records.
+
+The raw baseline is measured before and after the server runs (the host may be
+shared and its load vary) and the better figure is kept: the strictest
+comparison. The run is bounded: about ``(12 + 2 * len(concurrency)) * duration``
+seconds, plus the slowest call of each gRPC measurement (up to ``--call-timeout``),
+plus building and loading the artifact: about 1 minute at 100k items and 3 at 1M
+on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from recxfer.artifacts import index_file, publish, save_domain, write_artifact
+from recxfer.index import FaissIndex, faiss_gpu_count
+from recxfer.types import DomainEmbeddings, SeenItems
+from recxfer.v1 import recommender_pb2 as pb
+from recxfer.v1 import recommender_pb2_grpc
+
+DOMAIN = "items"
+
+
+def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, np.ndarray]:
+    """Write and publish a one-domain artifact; returns its path and the user
+    embeddings ``(users, dim)``."""
+    rng = np.random.default_rng(args.seed)
+    items = rng.standard_normal((args.items, args.dim), dtype=np.float32)
+    users = rng.standard_normal((args.users, args.dim), dtype=np.float32)
+    user_idx = np.repeat(np.arange(args.users), args.seen)
+    item_idx = rng.integers(0, args.items, args.users * args.seen)
+    emb = DomainEmbeddings(
+        domain=DOMAIN,
+        user_ids=np.array([f"u{i}" for i in range(args.users)], dtype=object),
+        user_emb=users,
+        user_origin=np.array(["warm"] * args.users, dtype=object),
+        item_ids=np.array([f"i{j}" for j in range(args.items)], dtype=object),
+        item_emb=items,
+        seen=SeenItems.from_pairs(args.users, user_idx, item_idx),
+        item_popularity=rng.integers(0, 1000, args.items).astype(np.int64),
+    )
+    with write_artifact(root, config={"bench": vars(args)}, data_fingerprint="bench") as builder:
+        save_domain(builder.path, emb)
+        FaissIndex.build(items, args.factory, use_gpu=False, params=args.params).save(
+            builder.path / index_file(DOMAIN)
+        )
+        builder.extra["domains"] = {
+            DOMAIN: {
+                "role": "target", "users": args.users, "items": args.items, "dim": args.dim,
+                "index": {"factory": args.factory, "params": args.params,
+                          "file": index_file(DOMAIN)},
+            }
+        }
+    assert builder.artifact is not None
+    publish(root, builder.artifact.version)
+    return builder.artifact.path, users
+
+
+def percentiles(latencies_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean())}
+
+
+def _raw_loop(index: Any, users: np.ndarray, size: int, k: int, duration: float,
+              threads: int, seed: int) -> tuple[list[float], int]:
+    """Search batches of ``size`` back to back for ``duration`` s with ``threads``
+    OpenMP threads (set in the calling thread); returns latencies and queries."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    index.search(users[:size], k)  # warm-up
+    latencies, queries = [], 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < duration:
+        rows = rng.integers(0, len(users), size)
+        t0 = time.perf_counter()
+        index.search(users[rows], k)
+        latencies.append(time.perf_counter() - t0)
+        queries += size
+    return latencies, queries
+
+
+def bench_raw(index_path: Path, users: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """In-process ``faiss.Index.search`` throughput, batched and single-query, three
+    ways: one caller with faiss's default threads (all cores), one caller with 1
+    thread, and one caller per core with 1 thread each (faiss releases the GIL).
+    The best of the three is the baseline."""
+    import faiss
+
+    index = faiss.read_index(str(index_path))
+    cores = os.cpu_count() or 1
+    out: dict[str, Any] = {}
+    for name, size in (("batch", args.batch), ("unary", 1)):
+        for label, callers, threads in (
+            (f"1 caller x {cores} threads", 1, cores),
+            ("1 caller x 1 thread", 1, 1),
+            (f"{cores} callers x 1 thread", cores, 1),
+        ):
+            results: list[tuple[list[float], int]] = [None] * callers  # type: ignore[list-item]
+
+            def run(slot: int) -> None:
+                results[slot] = _raw_loop(index, users, size, args.k, args.duration, threads, slot)
+
+            start = time.perf_counter()
+            workers = [threading.Thread(target=run, args=(i,)) for i in range(callers)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            elapsed = time.perf_counter() - start
+            latencies = [t for lat, _ in results for t in lat]
+            out[f"{name}: {label}"] = {
+                "qps": sum(q for _, q in results) / elapsed, "calls": len(latencies),
+                **percentiles(latencies),
+            }
+    faiss.omp_set_num_threads(cores)
+    for name in ("batch", "unary"):
+        best = max((k for k in out if k.startswith(f"{name}:")), key=lambda k: out[k]["qps"])
+        out[name] = {"how": best.split(": ", 1)[1], **out[best]}
+    return out
+
+
+def breakdown(artifact: Path, users: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Where a BatchRecommend's server time goes, measured in-process on one thread
+    (no gRPC, no competing load generator): the faiss search alone, the model's
+    search (id lookup, seen-item exclusion, over-fetch), building the response
+    and serialising it. Each figure is the minimum of repeated runs, which is
+    robust to other jobs on a shared host."""
+    import faiss
+
+    from recxfer.serve import RecommendQuery, ServingModel
+    from recxfer.serve.servicer import RecommenderServicer
+
+    faiss.omp_set_num_threads(1)
+    model = ServingModel.from_artifact(artifact, device="cpu")
+    faiss_index = faiss.read_index(str(artifact / index_file(DOMAIN)))
+    rng = np.random.default_rng(2)
+    rows = rng.integers(0, len(users), args.batch)
+    queries = [RecommendQuery(f"u{r}", DOMAIN, args.k) for r in rows]
+    results = model.recommend_many(queries)
+
+    def build() -> pb.BatchRecommendResponse:
+        out = pb.BatchRecommendResponse(model_version=model.version)
+        for result in results:
+            RecommenderServicer._fill(out.results.add().response, result, model.version)
+        return out
+
+    message = build()
+    steps = {
+        "faiss_search": lambda: faiss_index.search(users[rows], args.k),
+        "model_search": lambda: model.recommend_many(queries),
+        "build_response": build,
+        "serialize": message.SerializeToString,
+        "faiss_search_unary": lambda: faiss_index.search(users[rows[:1]], args.k),
+        "model_search_unary": lambda: model.recommend_many(queries[:1]),
+    }
+    out: dict[str, Any] = {"batch": args.batch}
+    for name, step in steps.items():
+        times = []
+        start = time.perf_counter()
+        while len(times) < 3 or (time.perf_counter() - start < args.duration / 2 and len(times) < 200):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_ms"] = round(min(times) * 1000, 3)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    server_ms = out["model_search_ms"] + out["build_response_ms"] + out["serialize_ms"]
+    out["server_batch_vs_faiss_time"] = round(server_ms / out["faiss_search_ms"], 3)
+    out["server_unary_vs_faiss_time"] = round(
+        out["model_search_unary_ms"] / out["faiss_search_unary_ms"], 3
+    )
+    return out
+
+
+def start_server(root: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    command = [
+        sys.executable, "-m", "recxfer.cli", "serve", "--artifacts", str(root),
+        "--address", "127.0.0.1:0", "--reload-interval", "0", "--workers", str(args.workers),
+        "--max-batch", str(max(args.batch, 256)), "--index-device", args.index_device,
+        "--max-message-bytes", str(64 * 1024 * 1024), "--search-threads", str(args.search_threads),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    match = re.search(r" on (\S+:\d+) ", line)
+    if not match:
+        process.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return process, match.group(1)
+
+
+async def drive(address: str, mode: str, concurrency: int, duration: float,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """``concurrency`` loops calling the server back to back for ``duration`` s."""
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        rng = np.random.default_rng(concurrency)
+        size = args.batch if mode == "batch" else 1
+
+        def request() -> Any:
+            users = [f"u{u}" for u in rng.integers(0, args.users, size)]
+            if mode == "batch":
+                return stub.BatchRecommend(pb.BatchRecommendRequest(requests=[
+                    pb.RecommendRequest(user_id=u, domain=DOMAIN, k=args.k) for u in users
+                ]), timeout=args.call_timeout)
+            return stub.Recommend(pb.RecommendRequest(user_id=users[0], domain=DOMAIN, k=args.k),
+                                  timeout=args.call_timeout)
+
+        latencies: list[float] = []
+        errors = 0
+        await request()  # warm-up: the connection and the first call
+        start = time.perf_counter()
+        stop_at = start + duration
+
+        async def loop() -> None:
+            # Closed loop: a call started before the end of the window is waited
+            # for and counted, so every task completes at least one call even when
+            # a call takes longer than the window (1M items, batch, c=32).
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    response = await request()
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                n = len(response.results) if mode == "batch" else 1
+                assert n == size
+
+        await asyncio.gather(*[loop() for _ in range(concurrency)])
+        elapsed = time.perf_counter() - start
+    calls = len(latencies)
+    return {"mode": mode, "concurrency": concurrency, "calls": calls, "errors": errors,
+            "qps": calls * size / elapsed, **percentiles(latencies or [float("nan")])}
+
+
+def device_info(args: argparse.Namespace) -> str:
+    gpus = faiss_gpu_count()
+    cuda = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and args.index_device == "auto":
+            cuda = f", torch CUDA {torch.cuda.get_device_name(0)}"
+    except ImportError:  # pragma: no cover
+        pass
+    where = f"faiss GPU x{gpus}" if gpus and args.index_device == "auto" else "faiss CPU"
+    return f"{where}{cuda}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, required=True, help="catalogue size")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--seen", type=int, default=10, help="training items per user (excluded)")
+    parser.add_argument("--batch", type=int, default=64, help="users per BatchRecommend")
+    parser.add_argument("--concurrency", default="1,8,32", help="calls in flight, comma-separated")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    parser.add_argument("--factory", default="Flat", help="faiss index factory string")
+    parser.add_argument("--params", default="", help="faiss search parameters, e.g. nprobe=16")
+    parser.add_argument("--workers", type=int, default=8, help="server RPC threads")
+    parser.add_argument("--index-device", choices=["auto", "cpu"], default="auto")
+    parser.add_argument("--search-threads", type=int, default=1,
+                        help="server threads per search (recxfer serve --search-threads)")
+    parser.add_argument("--call-timeout", type=float, default=120.0, help="deadline per call, s")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+
+    load_start = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="recxfer-bench-"))
+    process = None
+    try:
+        t0 = time.perf_counter()
+        artifact, users = build_artifact(tmp, args)
+        build_s = time.perf_counter() - t0
+        print(f"artifact built in {build_s:.1f}s: {args.items} items, {args.factory}", flush=True)
+        raw = bench_raw(artifact / index_file(DOMAIN), users, args)
+        print(f"raw faiss: batch {raw['batch']['qps']:.0f} q/s, unary {raw['unary']['qps']:.0f} q/s",
+              flush=True)
+        costs = breakdown(artifact, users, args)
+        print(f"in-process batch: faiss {costs['faiss_search_ms']} ms, model "
+              f"{costs['model_search_ms']} ms, response {costs['build_response_ms']} ms", flush=True)
+        recall = None
+        if args.factory != "Flat":
+            from recxfer.index import index_recall
+
+            recall = index_recall(FaissIndex.load(artifact / index_file(DOMAIN), args.factory,
+                                                  use_gpu=False),
+                                  np.load(artifact / "domains" / DOMAIN / "item_emb.npy"),
+                                  users, (args.k,), max_queries=200)
+            print(f"recall vs exact: {recall}", flush=True)
+        t0 = time.perf_counter()
+        process, address = start_server(tmp, args)
+        load_s = time.perf_counter() - t0
+        runs = []
+        for mode in ("unary", "batch"):
+            for c in concurrency:
+                run = asyncio.run(drive(address, mode, c, args.duration, args))
+                runs.append(run)
+                print(f"grpc {mode:5s} c={c:<3d} {run['qps']:8.0f} q/s  p50 {run['p50_ms']:7.2f} ms"
+                      f"  p99 {run['p99_ms']:7.2f} ms  errors {run['errors']}", flush=True)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        # Again after the server runs (the host is shared: load varies); the
+        # baseline is the better of the two, the strictest comparison.
+        raw_after = bench_raw(artifact / index_file(DOMAIN), users, args)
+        print(f"raw faiss again: batch {raw_after['batch']['qps']:.0f} q/s, "
+              f"unary {raw_after['unary']['qps']:.0f} q/s", flush=True)
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def by_c(mode: str, key: str) -> dict[str, float]:
+        return {str(r["concurrency"]): round(r[key], 3) for r in runs if r["mode"] == mode}
+
+    best_batch = max(r["qps"] for r in runs if r["mode"] == "batch")
+    best_unary = max(r["qps"] for r in runs if r["mode"] == "unary")
+    raw_batch = max(raw["batch"]["qps"], raw_after["batch"]["qps"])
+    raw_unary = max(raw["unary"]["qps"], raw_after["unary"]["qps"])
+    result = {
+        "command": "python bench/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "items": args.items, "dim": args.dim, "k": args.k, "users": args.users,
+        "seen_per_user": args.seen, "batch_size": args.batch, "factory": args.factory,
+        "params": args.params, "server_workers": args.workers,
+        "server_search_threads": args.search_threads, "duration_s": args.duration,
+        "device": device_info(args),
+        "load_average_at_start": load_start,
+        "load_average_at_end": os.getloadavg(),
+        "concurrency": concurrency,
+        "raw_faiss_qps": round(raw_batch, 1),
+        "raw_faiss_unary_qps": round(raw_unary, 1),
+        "raw_faiss": {"before": raw, "after": raw_after},
+        "grpc_unary_qps": by_c("unary", "qps"),
+        "grpc_unary_p50_ms": by_c("unary", "p50_ms"),
+        "grpc_unary_p99_ms": by_c("unary", "p99_ms"),
+        "grpc_batch_qps": by_c("batch", "qps"),
+        "grpc_batch_p50_ms": by_c("batch", "p50_ms"),
+        "grpc_batch_p99_ms": by_c("batch", "p99_ms"),
+        "batch_vs_raw": round(best_batch / raw_batch, 3),
+        "unary_vs_raw_unary": round(best_unary / raw_unary, 3),
+        "errors": sum(r["errors"] for r in runs),
+        "inprocess_breakdown": costs,
+        "index_recall_vs_exact": recall,
+        "artifact_build_s": round(build_s, 1),
+        "server_start_s": round(load_s, 1),
+        "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"batch/raw {result['batch_vs_raw']}, wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
