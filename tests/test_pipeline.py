@@ -82,3 +82,37 @@ def test_config_file_round_trip(tmp_path: Path) -> None:
     path.write_text('{"train": {"mf": {"epoch": 3}}}')
     with pytest.raises(ValueError, match=r"train\.mf: unknown key"):
         load_config(path)
+
+
+def test_recommend_from_history_equals_recommend_for_a_cold_user(job) -> None:
+    """A user known only in video: embedding their training video history at query
+    time gives the same target recommendations as their stored embedding."""
+    from recxfer.data import load_data_dir
+    from recxfer.pipeline import split_data
+    from recxfer.serve import create_server
+    from recxfer.serve.client import RecommenderClient
+
+    root, result = job
+    config = JobConfig()
+    split = split_data(load_data_dir(SAMPLES, config.domains), config)
+    train = split.train
+    domains_of = train.groupby("user_id")["domain"].unique()
+    cold = split.test["books"]["user_id"].unique()
+    video_only = [u for u in cold if list(domains_of[u]) == ["video"]]
+    assert video_only, "the split should hold users known only in video"
+    user = str(video_only[0])
+    rows = train[(train["user_id"] == user) & (train["domain"] == "video")]
+    history = rows.sort_values("timestamp")["item_id"].tolist()  # oldest first
+
+    holder = ModelHolder(ServingModel.from_artifact(root / "current"))
+    server, port = create_server("127.0.0.1:0", holder)
+    server.start()
+    try:
+        with RecommenderClient(f"127.0.0.1:{port}") as client:
+            stored = client.recommend(user, "books", 10)
+            fresh = client.recommend_from_history("video", history, "books", 10)
+    finally:
+        server.stop(0)
+    assert stored.user_kind == fresh.user_kind == "transfer"
+    assert fresh.item_ids == stored.item_ids
+    assert fresh.scores == pytest.approx(stored.scores, abs=1e-4)

@@ -16,7 +16,8 @@ import numpy as np
 
 from recxfer.artifacts import Artifact, ArtifactError, load_domain, read_artifact
 from recxfer.index import ItemIndex, load_index, topk_among
-from recxfer.types import DomainEmbeddings
+from recxfer.serve.history import HistoryEncoder
+from recxfer.types import DomainEmbeddings, UserOrigin
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,10 @@ class UnknownDomainError(KeyError):
 
 class UnknownUserError(KeyError):
     """The user has no embedding in the requested domain."""
+
+
+class NoHistoryEncoderError(RuntimeError):
+    """The artifact cannot embed a new history (its method is not inductive)."""
 
 
 class UnknownItemError(KeyError):
@@ -198,6 +203,7 @@ class ServingModel:
 
     version: str
     domains: dict[str, DomainServing]
+    history_encoder: HistoryEncoder | None = None
 
     @classmethod
     def from_artifact(cls, path: str | Path, device: str = "auto") -> "ServingModel":
@@ -219,7 +225,7 @@ class ServingModel:
         if not isinstance(listed, dict) or not listed:
             raise ArtifactError(f"{artifact.path}: manifest lists no servable 'domains'")
         domains = {name: _load_domain(artifact, name, device) for name in listed}
-        model = cls(artifact.version, domains)
+        model = cls(artifact.version, domains, HistoryEncoder.from_artifact(artifact))
         model.self_check(artifact.path)
         log.info("loaded artifact %s (%s)", artifact.version, ", ".join(domains),
                  extra={"event": "artifact_loaded", "version": artifact.version})
@@ -347,6 +353,36 @@ class ServingModel:
         exclude = np.concatenate([row, denied])
         ((idx, scores),) = served.search(served.emb.item_emb[row], [k], [exclude], [allowed])
         return SimilarItems(served.emb.item_ids[idx], scores, False)
+
+    def recommend_from_history(
+        self,
+        source_domain: str,
+        source_item_ids: Sequence[str],
+        target_domain: str,
+        k: int,
+        item_filter: ItemFilter | None = None,
+    ) -> Recommendation:
+        """Top-``k`` target items for a user known only by a source history
+        (oldest first; unknown ids are ignored), embedded at query time.
+
+        Raises:
+            UnknownDomainError; NoHistoryEncoderError when the artifact's method
+            has no inductive user encoder; UnknownItemError when no id is known.
+        """
+        if self.history_encoder is None:
+            raise NoHistoryEncoderError(
+                f"artifact {self.version} has no inductive user encoder (train with method 'shared')"
+            )
+        source, target = self.domain(source_domain), self.domain(target_domain)
+        positions = source.item_positions(source_item_ids)
+        if positions.size == 0:
+            raise UnknownItemError(
+                f"none of the {len(source_item_ids)} ids is known in domain {source_domain!r}"
+            )
+        query = self.history_encoder.encode(source.emb.item_emb[positions])[None, :]  # (1, d)
+        allowed, denied = target.filter_positions(item_filter)
+        ((idx, scores),) = target.search(query, [k], [denied], [allowed])
+        return Recommendation(target.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
 
     def known_items(self, domain: str, item_ids: Sequence[str]) -> np.ndarray:
         """``(m,)`` positions of the ids of ``item_ids`` known in ``domain``.

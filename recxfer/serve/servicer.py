@@ -19,6 +19,7 @@ from recxfer.serve.holder import ModelHolder
 from recxfer.serve.model import (
     POPULARITY,
     ItemFilter,
+    NoHistoryEncoderError,
     Recommendation,
     RecommendQuery,
     ServingModel,
@@ -222,9 +223,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def RecommendFromHistory(
         self, request: recommender_pb2.RecommendFromHistoryRequest, context: grpc.ServicerContext
     ) -> recommender_pb2.RecommendResponse:
-        """Validates the request and resolves the history; the query-time encoding
-        of the history (the inductive user encoder) is not in this build yet, so a
-        valid request ends in UNIMPLEMENTED."""
+        """Embeds the source history at query time with the artifact's shared user
+        encoder and searches the target domain. FAILED_PRECONDITION when the
+        served artifact's method has no inductive encoder (e.g. EMCDR)."""
         model = self._model()
         self._check_domain(model, request.source_domain, "source_domain")
         self._check_domain(model, request.target_domain, "target_domain")
@@ -236,7 +237,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 f"source_item_ids: at most {self._config.max_history} ids, got {n}"
             )
         self._check_k(request.k, "k")
-        self._item_filter(request.filter, "filter")
+        item_filter = self._item_filter(request.filter, "filter")
         history = model.known_items(request.source_domain, request.source_item_ids)
         if history.size == 0:
             raise _Reject(
@@ -245,8 +246,14 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 f"{request.source_domain!r}",
             )
         self._check_deadline(context)
-        raise _Reject(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "RecommendFromHistory: not available yet: this server has no inductive "
-            "user encoder to turn a source history into a target embedding",
-        )
+        try:
+            result = model.recommend_from_history(
+                request.source_domain, list(request.source_item_ids), request.target_domain,
+                request.k, item_filter,
+            )
+        except NoHistoryEncoderError as exc:
+            raise _Reject(grpc.StatusCode.FAILED_PRECONDITION, f"RecommendFromHistory: {exc}") from None
+        self._check_deadline(context)
+        response = recommender_pb2.RecommendResponse()
+        self._fill(response, result, model.version)
+        return response

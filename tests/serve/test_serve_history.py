@@ -1,5 +1,6 @@
-"""RecommendFromHistory: the API is in place and validated; the query-time
-encoder is not, so a valid request is UNIMPLEMENTED (with a clear message)."""
+"""RecommendFromHistory: validation, and FAILED_PRECONDITION for an artifact
+without an inductive user encoder (these hand-made artifacts have none; the
+shared method's artifacts do: see tests/test_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -48,14 +49,14 @@ def test_no_known_source_item_is_not_found(served):
     assert error.details().startswith("source_item_ids:") and "video" in error.details()
 
 
-def test_valid_request_is_unimplemented_for_now(served):
+def test_artifact_without_encoder_is_failed_precondition(served):
     error = call(served.stub, source_item_ids=["x1", "v03"])  # unknown ids are ignored
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "RecommendFromHistory" in error.details() and "encoder" in error.details()
     with RecommenderClient(served.address) as client:
         with pytest.raises(grpc.RpcError) as info:
             client.recommend_from_history("video", ["v03"], "books", 3)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_unavailable_without_model(start_server):
