@@ -15,7 +15,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 
 def _fast_config(tmp_path: Path) -> Path:
     path = tmp_path / "fast.json"
-    path.write_text('{"train": {"mf": {"epochs": 2}, "emcdr": {"epochs": 10}}}')
+    path.write_text('{"train": {"mf": {"epochs": 2}, "emcdr": {"epochs": 10}}, '
+                    '"shared": {"train": {"epochs": 2, "batch_size": 1024}}}')
     return path
 
 
