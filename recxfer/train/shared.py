@@ -23,8 +23,9 @@ everywhere and a step's randomness does not depend on which rank runs it. Rank 0
 validates and its score is broadcast, so early stopping and the best epoch are
 the same everywhere; rank 0 alone reads and writes checkpoints (the state is
 broadcast on resume, a barrier follows every save); the best weights are restored
-and then broadcast from rank 0. Without an initialised process group the loop is
-exactly the single-process one (bit-identical results).
+and then broadcast from rank 0. On CUDA the towers run under bfloat16 autocast
+(``config.amp``). Without an initialised process group the loop is exactly the
+single-process one (bit-identical results, float32 on CUDA too).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class SharedTrainConfig:
     patience: int = 3
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bfloat16 autocast of the towers; CUDA only (ignored on CPU)
+    amp: bool = True  # bfloat16 autocast of the towers in DDP runs on CUDA (else ignored)
 
 
 @dataclass
@@ -236,7 +237,9 @@ def train_shared(
     params = list(model.parameters()) + list(align.parameters())
     optim = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     softmax = InBatchSoftmaxLoss(config.temperature)
-    amp = "cuda" if config.amp and device.type == "cuda" else None
+    # Mixed precision only for DDP on CUDA: a single process keeps float32, so its
+    # results stay those of the loop before DDP support (benchmarks compare them).
+    amp = "cuda" if config.amp and distributed and device.type == "cuda" else None
     step_loss: nn.Module = SharedStepLoss(model, align, softmax, amp)
     if distributed:
         step_loss = DistributedDataParallel(

@@ -39,7 +39,8 @@ SOURCE, TARGETS = "video", ("books", "music")
 
 
 # --------------------------------------------------------------------------- frozen copy
-# Verbatim from recxfer/train/shared.py at 5022760; only the function's name changed.
+# Verbatim from recxfer/train/shared.py at 975341c (unchanged since 5022760); only the
+# function's name changed.
 log = logging.getLogger(__name__)
 
 
