@@ -9,11 +9,30 @@ softmax (log-Q corrected). On target steps, source-only and target-only
 representations of overlapping users are aligned (MMD, CORAL, adversarial,
 contrastive; weights in ``AlignmentConfig``). Validation after each epoch keeps
 the best weights and stops early.
+
+Distributed data parallel (``torch.distributed`` initialised, e.g. under
+``torchrun``; see ``recxfer.train.distributed``): the step's loss is one module
+(``SharedStepLoss``) wrapped in ``DistributedDataParallel``, so gradients are
+averaged over ranks after every step (the effective batch is ``world_size *
+batch_size``; ``lr`` is not rescaled). Every rank draws the same seeded epoch
+schedule and takes the positions ``rank, rank + world_size, ...`` of it, padded
+with its first steps to a multiple of ``world_size`` so all ranks run the same
+number of steps. Every rank also draws the per-step random numbers (cold drop,
+aligned users) of the other ranks' steps, so the schedule generator stays in step
+everywhere and a step's randomness does not depend on which rank runs it. Rank 0
+validates and its score is broadcast, so early stopping and the best epoch are
+the same everywhere; rank 0 alone reads and writes checkpoints (the state is
+broadcast on resume, a barrier follows every save); the best weights are restored
+and then broadcast from rank 0. On CUDA the towers run under bfloat16 autocast
+(``config.amp``). Without an initialised process group the loop is exactly the
+single-process one (bit-identical results, float32 on CUDA too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -21,12 +40,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from recxfer.losses.alignment import AlignmentConfig, AlignmentLoss
 from recxfer.losses.ranking import InBatchSoftmaxLoss
 from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.device import resolve_device
+from recxfer.train.distributed import (
+    all_reduce_sum,
+    barrier,
+    broadcast_floats,
+    broadcast_module_state,
+    broadcast_object,
+    rank_and_world,
+)
 from recxfer.train.histories import MultiDomainIndex
 from recxfer.transfer.shared import SharedModelConfig, SharedTransferModel
 
@@ -51,11 +81,20 @@ class SharedTrainConfig:
     patience: int = 3
     seed: int = 0
     device: str = "auto"
+    amp: bool = True  # bfloat16 autocast of the towers in DDP runs on CUDA (else ignored)
 
 
 @dataclass
 class SharedTrainResult:
-    """The trained model (best validation epoch) and its history."""
+    """The trained model (best validation epoch) and its history.
+
+    Attributes:
+        epoch_losses: mean training loss per epoch (over all ranks when distributed).
+        rank, world_size: this process in the process group (0 of 1 without one).
+        steps: per epoch run by this process, the schedule indices of the steps it
+            ran, in order (an epoch's schedule lists ``(domain, batch start)`` pairs:
+            every domain's batches, domains in ``index.domains`` order).
+    """
 
     model: SharedTransferModel
     epoch_losses: list[float]
@@ -64,6 +103,106 @@ class SharedTrainResult:
     seconds_per_epoch: list[float]
     device: str
     resumed_from: int = 0
+    rank: int = 0
+    world_size: int = 1
+    steps: list[list[int]] = field(default_factory=list)
+
+
+class SharedStepLoss(nn.Module):
+    """The loss of one training step as one ``forward`` (what DDP wraps): in-batch
+    softmax of the batch's users against their items, plus, when aligned users are
+    given, the alignment loss between their source-only and target-only
+    representations.
+
+    With ``amp`` the towers run under bfloat16 autocast and the losses in float32
+    (a no-op cast when ``amp`` is off).
+    """
+
+    def __init__(
+        self,
+        model: SharedTransferModel,
+        align: AlignmentLoss,
+        softmax: InBatchSoftmaxLoss,
+        amp_device: str | None = None,
+    ) -> None:
+        """Args:
+        amp_device: device type to autocast to bfloat16 on (``"cuda"``), or ``None``.
+        """
+        super().__init__()
+        self.model = model
+        self.align = align
+        self.softmax = softmax
+        self.amp_device = amp_device
+
+    def _autocast(self):
+        if self.amp_device is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.amp_device, dtype=torch.bfloat16)
+
+    def forward(
+        self,
+        hist: torch.Tensor,
+        mask: torch.Tensor,
+        items: torch.Tensor,
+        item_log_q: torch.Tensor | None,
+        align_hist: torch.Tensor | None = None,
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+        lambda_: float = 1.0,
+    ) -> torch.Tensor:
+        """Args:
+        hist: ``(B, L)`` histories of the batch's users; ``mask`` ``(B, L)`` positions used.
+        items: ``(B,)`` their positive items; ``item_log_q`` ``(B,)`` or ``None``.
+        align_hist: ``(A, L)`` histories of overlapping users to align, or ``None``.
+        src_mask, tgt_mask: ``(1, L)`` source / target history columns.
+        lambda_: gradient-reversal strength (adversarial part).
+        """
+        with self._autocast():
+            user_vec = self.model.users(hist, mask)  # (B, dim)
+            item_vec = self.model.items(items)  # (B, dim)
+        loss = self.softmax(user_vec.float(), item_vec.float(), item_log_q, items)
+        if align_hist is not None:
+            with self._autocast():
+                src_vec = self.model.users(align_hist, src_mask).float()  # (A, dim)
+                tgt_vec = self.model.users(align_hist, tgt_mask).float()  # (A, dim)
+            align_loss, _ = self.align(src_vec, tgt_vec, src_vec, tgt_vec, lambda_)
+            loss = loss + align_loss
+        return loss
+
+
+def pad_schedule(order: list[int], world_size: int) -> list[int]:
+    """``order`` extended with its own first steps to a multiple of ``world_size``
+    (unchanged for one process). Rank ``r`` runs positions ``r::world_size``: every
+    rank the same number of steps, disjoint except for the (at most
+    ``world_size - 1``) repeated steps."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not order:
+        return []
+    pad = -len(order) % world_size
+    return order + [order[i % len(order)] for i in range(pad)]
+
+
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed of the global RNG (dropout) per (seed, epoch, rank), so ranks do not
+    share dropout masks and a resumed run re-seeds exactly as an uninterrupted one."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+# Buffers (the frozen text table) are constants: synced once at construction, not
+# before every forward. torch 2.13 renamed ``broadcast_buffers`` (now deprecated).
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
+
+
+def _training_device(name: str, distributed: bool) -> torch.device:
+    device = resolve_device(name)
+    if distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's, see init
+    return device
 
 
 def train_shared(
@@ -78,12 +217,19 @@ def train_shared(
     """Train on every domain of ``index``; ``validate(model)`` (higher is better)
     picks the epoch and stops after ``patience`` epochs without improvement.
 
+    Under an initialised ``torch.distributed`` process group every rank calls this
+    with the same data and config; it trains data-parallel (see the module
+    docstring). Only rank 0's ``validate`` and ``checkpointer`` are used (other ranks
+    may pass ``None``); every rank returns the same weights.
+
     Args:
         text_emb: ``(index.n_items_total, text_dim)`` item text embeddings or ``None``.
         checkpointer: saves model, optimizer, RNG and early-stopping state after every
             epoch; a run finding a checkpoint resumes after its epoch (same result).
     """
-    device = resolve_device(config.device)
+    distributed = dist.is_initialized()
+    rank, world_size = rank_and_world()
+    device = _training_device(config.device, distributed)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model = SharedTransferModel(index.n_items_total, config.model, text_emb).to(device)
@@ -91,6 +237,18 @@ def train_shared(
     params = list(model.parameters()) + list(align.parameters())
     optim = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     softmax = InBatchSoftmaxLoss(config.temperature)
+    # Mixed precision only for DDP on CUDA: a single process keeps float32, so its
+    # results stay those of the loop before DDP support (benchmarks compare them).
+    amp = "cuda" if config.amp and distributed and device.type == "cuda" else None
+    step_loss: nn.Module = SharedStepLoss(model, align, softmax, amp)
+    if distributed:
+        step_loss = DistributedDataParallel(
+            step_loss,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # the domain classifier only runs on aligned (target) steps
+            find_unused_parameters=any(p.requires_grad for p in align.parameters()),
+            **_NO_BUFFER_SYNC,
+        )
 
     history = torch.as_tensor(index.history, device=device)  # (U, L)
     pos_domain = torch.as_tensor(index.position_domain, device=device)  # (L,)
@@ -111,12 +269,16 @@ def train_shared(
     overlap = {t: torch.nonzero(has[source] & has[t]).squeeze(1) for t in targets}
     use_align = any(w > 0 for w in (config.alignment.mmd, config.alignment.coral,
                                     config.alignment.adversarial, config.alignment.contrastive))
+    src_cols = pos_domain.unsqueeze(0) == index.domains.index(source)  # (1, L)
 
     best_state, best_score, best_epoch, bad_epochs = None, -np.inf, -1, 0
-    losses, val_scores, seconds = [], [], []
+    losses, val_scores, seconds, steps_run = [], [], [], []
     modules = torch.nn.ModuleDict({"model": model, "align": align})
     start_epoch = 0
-    if checkpointer is not None and (found := checkpointer.load_latest()) is not None:
+    found = checkpointer.load_latest() if checkpointer is not None and rank == 0 else None
+    if distributed:
+        found = broadcast_object(found)  # rank 0's checkpoint (or None) on every rank
+    if found is not None:
         start_epoch = found.restore(modules, optim, {"gen": gen})
         state = found.extra
         losses, val_scores, seconds = state["losses"], state["val_scores"], state["seconds"]
@@ -135,44 +297,58 @@ def train_shared(
             n = rows[d][0].shape[0]
             perms[d] = torch.randperm(n, generator=gen).to(device)
             schedule += [(d_idx, s) for s in range(0, n, config.batch_size)]
-        order = torch.randperm(len(schedule), generator=gen).tolist()
-        total, n_rows = 0.0, 0
+        order = pad_schedule(torch.randperm(len(schedule), generator=gen).tolist(), world_size)
+        if world_size > 1:
+            torch.manual_seed(_rank_seed(config.seed, epoch, rank))
+        total, n_rows, ran = 0.0, 0, []
         progress = min(1.0, epoch / max(1, config.epochs - 1))
         lambda_ = float(2.0 / (1.0 + np.exp(-10 * progress)) - 1.0)  # DANN schedule
-        for step in tqdm(order, desc=f"epoch {epoch}", leave=False, disable=None):
+        bar = tqdm(total=len(order) // world_size, desc=f"epoch {epoch}", leave=False,
+                   disable=None if rank == 0 else True)
+        for position, step in enumerate(order):
             d_idx, s = schedule[step]
             domain = index.domains[d_idx]
+            # This step's random draws, taken on every rank whichever rank runs it.
+            n_batch = min(config.batch_size, rows[domain][0].shape[0] - s)
+            drop_draw = torch.rand(n_batch, generator=gen)  # (B,)
+            aligned = use_align and domain in overlap and overlap[domain].numel() > 1
+            pick_draw = None
+            if aligned:  # distinct users: NT-Xent needs unique pairs
+                pick_draw = torch.randperm(overlap[domain].numel(), generator=gen)[: config.align_batch]
+            if position % world_size != rank:
+                continue
             sel = perms[domain][s : s + config.batch_size]  # (B,)
             users, items = rows[domain][0][sel], rows[domain][1][sel]  # (B,), (B,)
             hist = history[users]  # (B, L)
             mask = hist != items.unsqueeze(1)  # leave the predicted item out
-            drop = (torch.rand(users.shape[0], generator=gen).to(device) < config.cold_drop)
+            drop = (drop_draw.to(device) < config.cold_drop)
             drop &= any_other[domain][users]
             mask &= ~(drop.unsqueeze(1) & (pos_domain == d_idx).unsqueeze(0))
-            user_vec = model.users(hist, mask)  # (B, dim)
-            item_vec = model.items(items)  # (B, dim)
-            loss = softmax(user_vec, item_vec, log_q[items] if config.logq else None, items)
-            if use_align and domain in overlap and overlap[domain].numel() > 1:
-                n_overlap = overlap[domain].numel()  # distinct users: NT-Xent needs unique pairs
-                pick = overlap[domain][
-                    torch.randperm(n_overlap, generator=gen)[: config.align_batch].to(device)
-                ]
-                h = history[pick]  # (A, L)
-                src_vec = model.users(h, pos_domain.unsqueeze(0) == index.domains.index(source))
-                tgt_vec = model.users(h, pos_domain.unsqueeze(0) == d_idx)
-                align_loss, _ = align(src_vec, tgt_vec, src_vec, tgt_vec, lambda_)
-                loss = loss + align_loss
+            align_hist = history[overlap[domain][pick_draw.to(device)]] if aligned else None  # (A, L)
+            loss = step_loss(hist, mask, items, log_q[items] if config.logq else None,
+                             align_hist, src_cols, pos_domain.unsqueeze(0) == d_idx, lambda_)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             total += float(loss.detach()) * users.shape[0]
             n_rows += users.shape[0]
+            ran.append(step)
+            bar.update(1)
+        bar.close()
+        if distributed:
+            total, n_rows = all_reduce_sum([total, n_rows], device)
         losses.append(total / max(1, n_rows))
         seconds.append(time.perf_counter() - start_time)
+        steps_run.append(ran)
         stop = False
-        if validate is not None:
+        score = None
+        if validate is not None and rank == 0:
             model.eval()
             score = float(validate(model))
+        if distributed:  # rank 0's score (or its absence) decides on every rank
+            has_score, value = broadcast_floats([score is not None, score or 0.0], device)
+            score = value if has_score else None
+        if score is not None:
             val_scores.append(score)
             log.info("epoch %d loss %.4f val %.4f (%.1fs)", epoch, losses[-1], score, seconds[-1])
             if score > best_score:
@@ -181,17 +357,20 @@ def train_shared(
             else:
                 bad_epochs += 1
                 stop = bad_epochs >= config.patience
-        if checkpointer is not None:
+        if checkpointer is not None and rank == 0:
             checkpointer.save(epoch + 1, modules, optim, {
                 "losses": losses, "val_scores": val_scores, "seconds": seconds,
                 "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "best_state": best_state, "stopped": stop,
             }, {"gen": gen})
+        barrier()  # no-op in one process; elsewhere nobody runs ahead of the checkpoint
         if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
         best_epoch = len(losses) - 1
+    broadcast_module_state(model)  # rank 0's weights everywhere (no-op in one process)
     model.eval()
-    return SharedTrainResult(model, losses, val_scores, best_epoch, seconds, device.type, start_epoch)
+    return SharedTrainResult(model, losses, val_scores, best_epoch, seconds, device.type,
+                             start_epoch, rank, world_size, steps_run)

@@ -12,6 +12,7 @@ import torch
 import recxfer.train.shared as shared_training
 from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
 from recxfer.losses.alignment import AlignmentConfig, AlignmentLoss
+from recxfer.losses.ranking import InBatchSoftmaxLoss
 from recxfer.train.histories import build_multi_domain_index
 from recxfer.train.shared import SharedTrainConfig, SharedTrainResult, train_shared
 from recxfer.transfer.shared import SharedModelConfig, SharedTransferModel
@@ -165,3 +166,31 @@ def test_alignment_changes_training(index) -> None:
     aligned = train_shared(index, SOURCE, (TARGET,),
                            config(epochs=1, alignment=AlignmentConfig(mmd=1.0), align_batch=32))
     assert aligned.epoch_losses != plain.epoch_losses
+
+
+def test_step_loss_under_bfloat16_autocast_is_close_to_float32(index) -> None:
+    """The mixed-precision path (CUDA in training) checked with CPU autocast: towers in
+    bfloat16, losses in float32, finite gradients for every parameter."""
+    torch.manual_seed(0)
+    text = torch.randn(index.n_items_total, 12).numpy()
+    model = SharedTransferModel(index.n_items_total,
+                                SharedModelConfig(dim=8, pooling="attention", hidden=16), text)
+    align = AlignmentLoss(AlignmentConfig(mmd=0.5, coral=0.5, adversarial=0.5, contrastive=0.5,
+                                          adversarial_hidden=8), 8)
+    hist = torch.as_tensor(index.history[:64])  # (B, L)
+    items = hist[:, 0].clamp(min=0)  # (B,)
+    cols = torch.as_tensor(index.position_domain).unsqueeze(0)  # (1, L)
+    args = (hist, hist >= 0, items, None, hist[:32], cols == 0, cols == 1, 0.5)
+    losses = {}
+    for amp in (None, "cpu"):
+        step = shared_training.SharedStepLoss(model, align, InBatchSoftmaxLoss(), amp)
+        model.zero_grad(set_to_none=True)
+        align.zero_grad(set_to_none=True)
+        loss = step(*args)
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        for name, p in list(model.named_parameters()) + list(align.named_parameters()):
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        losses[amp] = float(loss.detach())
+    assert losses["cpu"] != losses[None]  # autocast did run in bfloat16
+    assert losses["cpu"] == pytest.approx(losses[None], rel=5e-2)
