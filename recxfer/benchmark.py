@@ -5,7 +5,6 @@ the same instances. Selection uses ``valid`` only; ``test`` is only reported.
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -27,13 +26,7 @@ _VALID_SEED_OFFSET = 1000
 
 def with_seed(config: ColdStartConfig, seed: int) -> ColdStartConfig:
     """``config`` with every model seed set to ``seed``."""
-    return dataclasses.replace(
-        config,
-        mf=dataclasses.replace(config.mf, seed=seed),
-        emcdr=dataclasses.replace(config.emcdr, seed=seed),
-        ptupcdr=dataclasses.replace(config.ptupcdr, seed=seed),
-        shared=dataclasses.replace(config.shared, seed=seed),
-    )
+    return config.with_seed(seed)
 
 
 def _instances(rows: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

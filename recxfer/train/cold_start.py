@@ -8,6 +8,7 @@ Methods: ``target_only`` (no transfer: popularity for cold users), ``emcdr``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,16 @@ class ColdStartConfig:
     ptupcdr: PTUPCDRConfig = field(default_factory=PTUPCDRConfig)
     shared: SharedTrainConfig = field(default_factory=SharedTrainConfig)
     device: str = "auto"
+
+    def with_seed(self, seed: int) -> "ColdStartConfig":
+        """This config with every model seed set to ``seed``."""
+        return dataclasses.replace(
+            self,
+            mf=dataclasses.replace(self.mf, seed=seed),
+            emcdr=dataclasses.replace(self.emcdr, seed=seed),
+            ptupcdr=dataclasses.replace(self.ptupcdr, seed=seed),
+            shared=dataclasses.replace(self.shared, seed=seed),
+        )
 
 
 @dataclass(frozen=True)

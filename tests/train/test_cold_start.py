@@ -47,13 +47,7 @@ def _one_thread():
 
 def seeded(config: ColdStartConfig, seed: int) -> ColdStartConfig:
     """Every model seed of ``config`` set to ``seed``."""
-    return dataclasses.replace(
-        config,
-        mf=dataclasses.replace(config.mf, seed=seed),
-        emcdr=dataclasses.replace(config.emcdr, seed=seed),
-        ptupcdr=dataclasses.replace(config.ptupcdr, seed=seed),
-        shared=dataclasses.replace(config.shared, seed=seed),
-    )
+    return config.with_seed(seed)
 
 
 @pytest.fixture(scope="module")
