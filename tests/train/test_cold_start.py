@@ -7,7 +7,6 @@ popularity on the project's data_samples.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
