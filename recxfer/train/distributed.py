@@ -15,6 +15,7 @@ rank must call them in the same order.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,8 +120,16 @@ def init_distributed(
 
 
 def cleanup() -> None:
-    """Leave the process group (no-op when not initialised)."""
+    """Leave the process group (no-op when not initialised).
+
+    Every rank first meets at a barrier, so no rank tears down its gloo pairs while a
+    peer still talks to it, and unreachable DDP wrappers (their reducers hold pending
+    gloo work) are collected while the group is alive rather than at interpreter exit,
+    where gloo's threads can abort the process.
+    """
     if dist.is_initialized():
+        dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 
