@@ -19,6 +19,7 @@ import pandas as pd
 from recxfer.artifacts import (
     Artifact,
     ArtifactBuilder,
+    ArtifactError,
     index_file,
     load_domain,
     prune,
@@ -38,10 +39,14 @@ from recxfer.train.shared_domains import (
     SharedJobConfig,
     train_shared_cross_domain,
 )
+from recxfer.train.warm_start import SharedWarmStart, load_weights, save_weights
 from recxfer.transfer.shared import SharedModelConfig
 from recxfer.types import DomainEmbeddings
 
 log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model/shared.pt"
+TEXT_CACHE = ".cache/text"  # under the artifacts root: item text embeddings, encoded once
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ def train_model(
     items: pd.DataFrame | None = None,
     text_cache: Path | None = None,
     valid: Mapping[str, pd.DataFrame] | None = None,
+    warm: SharedWarmStart | None = None,
 ) -> CrossDomainModel:
     """Train the configured method on ``train``.
 
@@ -160,12 +166,12 @@ def train_model(
     ``init``, a warm start, and ``checkpoint_dir``, per-epoch checkpoints).
     ``shared``: the shared-encoder model (item titles from ``items`` feed the text
     tower, cached in ``text_cache``); with ``valid`` (target -> held-out rows of
-    validation cold users) it keeps the epoch with the best mean recall@10.
+    validation cold users) it keeps the epoch with the best mean recall@10, and
+    with ``warm`` (``load_shared_warm_start``) it starts from an earlier model's
+    weights (``init`` is for ``emcdr`` only).
     """
     if config.method == "emcdr":
         return train_cross_domain(train, config.train, init=init, checkpoint_dir=checkpoint_dir)
-    if init:
-        log.warning("the shared method does not warm-start yet: training from scratch")
 
     def validator(domains: dict[str, DomainEmbeddings]) -> float:
         scores = [
@@ -177,7 +183,7 @@ def train_model(
     has_valid = valid is not None and any(len(valid[t]) for t in config.train.targets)
     return train_shared_cross_domain(
         train, config.train.source, config.train.targets, config.shared, items, text_cache,
-        validator if has_valid else None, checkpoint_dir=checkpoint_dir,
+        validator if has_valid else None, checkpoint_dir=checkpoint_dir, warm=warm,
     )
 
 
@@ -278,7 +284,7 @@ def train_evaluate_publish(
 
     start = time.perf_counter()
     model = train_model(split.train, config, items=data.items,
-                        text_cache=Path(artifacts_root) / ".cache" / "text", valid=split.valid)
+                        text_cache=Path(artifacts_root) / TEXT_CACHE, valid=split.valid)
     timings["train_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -315,7 +321,35 @@ def _save_user_encoder(folder: Path, model: CrossDomainModel, config: JobConfig)
         (folder / "user_encoder").mkdir(exist_ok=True)
         np.save(folder / "user_encoder" / "query.npy", model.attention_query.astype(np.float32))
         entry["query_file"] = "user_encoder/query.npy"
+    if model.weights:
+        save_weights(folder / WEIGHTS_FILE, model.weights)
+        entry["weights_file"] = WEIGHTS_FILE
+        entry["domain_order"] = list(model.domain_order)
     return entry
+
+
+def load_shared_warm_start(artifact: Artifact | None) -> SharedWarmStart | None:
+    """An artifact's shared-model weights and item order, for a warm start.
+
+    Returns ``None`` (logged) when there is no artifact, or it was not trained by
+    the shared method or predates stored weights; a verified artifact whose weights
+    file cannot be read as tensors is also logged and gives ``None`` (the run then
+    trains from scratch rather than failing).
+    """
+    if artifact is None:
+        return None
+    entry = artifact.manifest.get("user_encoder") or {}
+    if entry.get("method") != "shared" or not entry.get("weights_file"):
+        log.info("artifact %s has no shared-model weights: no warm start", artifact.version)
+        return None
+    try:
+        order = [str(d) for d in entry["domain_order"]]
+        state = load_weights(artifact.file(entry["weights_file"]))
+        ids = tuple((d, load_domain(artifact, d).item_ids) for d in order)
+        return SharedWarmStart(state, ids)
+    except (ArtifactError, KeyError, ValueError) as exc:
+        log.warning("artifact %s: shared weights unusable, no warm start: %s", artifact.version, exc)
+        return None
 
 
 def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[str, Any]:

@@ -59,7 +59,14 @@ from recxfer.eval import evaluate_heldout, score_samples
 from recxfer.eval.html_report import RunReport, render_html
 from recxfer.nightly.config import NightlyConfig, load_nightly_config
 from recxfer.nightly.gate import GateDecision, decide
-from recxfer.pipeline import publish_and_prune, split_data, train_model, write_model_artifact
+from recxfer.pipeline import (
+    TEXT_CACHE,
+    load_shared_warm_start,
+    publish_and_prune,
+    split_data,
+    train_model,
+    write_model_artifact,
+)
 from recxfer.train import CrossDomainModel
 from recxfer.types import DomainEmbeddings
 
@@ -363,17 +370,21 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
                 len(train), {t: split.test[t]["user_id"].nunique() for t in job.train.targets},
                 {t: f["user_id"].nunique() for t, f in warm_test.items()},
             )
-        init = prod_domains if (opts.warm_start and prod_domains) else None
-        key = work_key(data, config, prod.version if init and prod else None)
+        # emcdr warm-starts from production's embeddings, shared from its weights.
+        init = prod_domains if (opts.warm_start and prod_domains and job.method == "emcdr") else None
+        warm = load_shared_warm_start(prod) if (opts.warm_start and job.method == "shared") else None
+        warm_from = prod.version if prod is not None and (init or warm is not None) else None
+        key = work_key(data, config, warm_from)
         work = root / WORK_DIR / key
         _clean_leftovers(root, keep_key=key)
         with steps("train"):
             log.info(
-                "training %s (%d MF epochs per domain); checkpoints in %s",
-                "warm-started from production " + prod.version if init and prod else "from scratch",
-                job.train.mf.epochs, work,
+                "training %s %s; checkpoints in %s", job.method,
+                f"warm-started from production {warm_from}" if warm_from else "from scratch", work,
             )
-            model = train_model(train, job, init=init, checkpoint_dir=work / "checkpoints")
+            model = train_model(train, job, init=init, checkpoint_dir=work / "checkpoints",
+                                items=data.items, text_cache=root / TEXT_CACHE,
+                                valid=split.valid, warm=warm)
             resumed = {d: e for d, e in model.resumed_from.items() if e}
             if resumed:
                 log.info("resumed from checkpoints: %s", resumed)
@@ -395,7 +406,7 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
         production_version = prod.version if prod else None
         summary = {
             "run_id": run_id, "status": status, "production": production_version,
-            "data_fingerprint": data.fingerprint, "warm_start_from": production_version if init else None,
+            "data_fingerprint": data.fingerprint, "warm_start_from": warm_from,
             "resumed_from": model.resumed_from, "warm_rows": model.warm_rows,
             "gate": decision.as_dict(), "results": results,
         }

@@ -58,6 +58,7 @@ from recxfer.train.distributed import (
     rank_and_world,
 )
 from recxfer.train.histories import MultiDomainIndex
+from recxfer.train.warm_start import SharedWarmStart, WarmStartReport, apply_warm_start
 from recxfer.transfer.shared import SharedModelConfig, SharedTransferModel
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class SharedTrainResult:
         steps: per epoch run by this process, the schedule indices of the steps it
             ran, in order (an epoch's schedule lists ``(domain, batch start)`` pairs:
             every domain's batches, domains in ``index.domains`` order).
+        warm: what a warm start carried over, ``None`` without one.
+        warm_score: validation score of the warm-started weights before training;
+            ``best_epoch`` is ``-1`` when no epoch beat it (those weights are kept).
     """
 
     model: SharedTransferModel
@@ -106,6 +110,8 @@ class SharedTrainResult:
     rank: int = 0
     world_size: int = 1
     steps: list[list[int]] = field(default_factory=list)
+    warm: WarmStartReport | None = None
+    warm_score: float | None = None
 
 
 class SharedStepLoss(nn.Module):
@@ -213,6 +219,7 @@ def train_shared(
     validate: Callable[[SharedTransferModel], float] | None = None,
     text_emb: np.ndarray | None = None,
     checkpointer: Checkpointer | None = None,
+    warm: SharedWarmStart | None = None,
 ) -> SharedTrainResult:
     """Train on every domain of ``index``; ``validate(model)`` (higher is better)
     picks the epoch and stops after ``patience`` epochs without improvement.
@@ -226,6 +233,10 @@ def train_shared(
         text_emb: ``(index.n_items_total, text_dim)`` item text embeddings or ``None``.
         checkpointer: saves model, optimizer, RNG and early-stopping state after every
             epoch; a run finding a checkpoint resumes after its epoch (same result).
+        warm: an earlier model's weights to start from instead of random ones
+            (``recxfer.train.warm_start``); a checkpoint, when found, wins. With
+            ``validate`` the starting weights are scored first and an epoch must
+            beat them to replace them.
     """
     distributed = dist.is_initialized()
     rank, world_size = rank_and_world()
@@ -233,6 +244,7 @@ def train_shared(
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model = SharedTransferModel(index.n_items_total, config.model, text_emb).to(device)
+    warm_report = apply_warm_start(model, warm, index) if warm is not None else None
     align = AlignmentLoss(config.alignment, config.model.dim).to(device)
     params = list(model.parameters()) + list(align.parameters())
     optim = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -288,6 +300,14 @@ def train_shared(
                  found.path)
         if state["stopped"]:
             start_epoch = config.epochs  # early stopping had already ended the run
+    warm_score = None
+    if warm_report is not None and found is None:
+        # The epochs must beat the weights started from: on data that taught the
+        # earlier model nothing new, its weights are kept (best epoch -1).
+        warm_score = _rank0_score(validate, model, rank, distributed, device)
+        if warm_score is not None:
+            log.info("warm start: val %.4f before training", warm_score)
+            best_score, best_state = warm_score, copy.deepcopy(model.state_dict())
     for epoch in range(start_epoch, config.epochs):
         start_time = time.perf_counter()
         model.train()
@@ -341,13 +361,7 @@ def train_shared(
         seconds.append(time.perf_counter() - start_time)
         steps_run.append(ran)
         stop = False
-        score = None
-        if validate is not None and rank == 0:
-            model.eval()
-            score = float(validate(model))
-        if distributed:  # rank 0's score (or its absence) decides on every rank
-            has_score, value = broadcast_floats([score is not None, score or 0.0], device)
-            score = value if has_score else None
+        score = _rank0_score(validate, model, rank, distributed, device)
         if score is not None:
             val_scores.append(score)
             log.info("epoch %d loss %.4f val %.4f (%.1fs)", epoch, losses[-1], score, seconds[-1])
@@ -373,4 +387,23 @@ def train_shared(
     broadcast_module_state(model)  # rank 0's weights everywhere (no-op in one process)
     model.eval()
     return SharedTrainResult(model, losses, val_scores, best_epoch, seconds, device.type,
-                             start_epoch, rank, world_size, steps_run)
+                             start_epoch, rank, world_size, steps_run, warm_report, warm_score)
+
+
+def _rank0_score(
+    validate: Callable[[SharedTransferModel], float] | None,
+    model: SharedTransferModel,
+    rank: int,
+    distributed: bool,
+    device: torch.device,
+) -> float | None:
+    """Rank 0's validation score of ``model`` (in eval mode) on every rank; ``None``
+    without a validator. Every rank must call it at the same point."""
+    score = None
+    if validate is not None and rank == 0:
+        model.eval()
+        score = float(validate(model))
+    if distributed:  # rank 0's score (or its absence) decides on every rank
+        has_score, value = broadcast_floats([score is not None, score or 0.0], device)
+        score = value if has_score else None
+    return score

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from recxfer.encoders.text import TextEmbeddingCache, TextEncoderConfig
 from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.cross_domain import CrossDomainModel
 from recxfer.train.histories import MultiDomainIndex, build_multi_domain_index
 from recxfer.train.shared import SharedTrainConfig, train_shared
+from recxfer.train.warm_start import SharedWarmStart, weights_of
 from recxfer.transfer.shared import SharedTransferModel
 from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
 
@@ -39,12 +41,17 @@ class SharedCrossDomainModel(CrossDomainModel):
         attention_query: ``(dim,)`` learned query for attention pooling, else ``None``.
         max_history: items per domain the encoder reads.
         val_scores: validation score per epoch.
+        weights: the model's weights for a later warm start (``warm_start.weights_of``);
+            its id table's rows are the items of ``domain_order``'s domains in turn.
+        domain_order: the domains in global item-position order (source first).
     """
 
     pooling: str = "mean"
     attention_query: np.ndarray | None = None
     max_history: int = 50
     val_scores: list[float] = field(default_factory=list)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    domain_order: tuple[str, ...] = ()
 
 
 def item_texts(index: MultiDomainIndex, items: pd.DataFrame) -> list[str]:
@@ -67,6 +74,7 @@ def train_shared_cross_domain(
     text_cache: Path | None = None,
     validator: Callable[[dict[str, DomainEmbeddings]], float] | None = None,
     checkpoint_dir: str | Path | None = None,
+    warm: SharedWarmStart | None = None,
 ) -> SharedCrossDomainModel:
     """Train the shared model on ``train`` and export every domain.
 
@@ -76,6 +84,7 @@ def train_shared_cross_domain(
         validator: scores exported domains (higher is better) for early stopping.
         checkpoint_dir: per-epoch checkpoints go to ``checkpoint_dir/shared``; a run
             finding one for the same data shape and config resumes from it.
+        warm: an earlier model's weights to start from (item rows matched by id).
     """
     domains = (source, *targets)
     index = build_multi_domain_index(train, domains, config.train.max_history, config.train.seed)
@@ -94,7 +103,8 @@ def train_shared_cross_domain(
                 "domains": list(domains), "text": text_emb is not None}
         checkpointer = Checkpointer(Path(checkpoint_dir) / "shared", meta)
     result = train_shared(index, source, targets, config.train,
-                          validate if validator is not None else None, text_emb, checkpointer)
+                          validate if validator is not None else None, text_emb, checkpointer,
+                          warm)
     encoder = result.model.user_encoder
     query = getattr(encoder, "query", None)
     return SharedCrossDomainModel(
@@ -106,6 +116,9 @@ def train_shared_cross_domain(
         attention_query=None if query is None else query.detach().float().cpu().numpy(),
         max_history=config.train.max_history,
         val_scores=result.val_scores,
+        warm_rows={} if result.warm is None else {d: (0, n) for d, n in result.warm.item_rows.items()},
+        weights=weights_of(result.model),
+        domain_order=index.domains,
     )
 
 

@@ -219,3 +219,37 @@ def test_sigterm_becomes_an_exception_so_cleanup_runs() -> None:
         with _sigterm_raises():
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+# The shared-encoder method (the default), small: warm start carries its weights.
+SHARED = {"method": "shared",
+          "shared": {"use_text": False, "train": {"epochs": 2, "batch_size": 512, "lr": 0.01,
+                                                  "model": {"dim": 16}}},
+          "nightly": {"report_ks": [5, 10, 50], "torch_threads": 1}}
+
+
+def test_shared_method_warm_starts_from_production_weights(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "artifacts"
+    caplog.set_level(logging.INFO)
+    first = run_nightly(data_dir, root, nightly_config_from_dict(_config(SHARED, interactions=["day1.csv"])))
+    entry = read_artifact(root / CURRENT).manifest["user_encoder"]
+    assert entry["weights_file"] == "model/shared.pt" and entry["domain_order"] == ["video", "books", "music"]
+    assert first.status == "published" and "training shared from scratch" in caplog.text
+
+    second = run_nightly(
+        data_dir, root, nightly_config_from_dict(_config(SHARED, interactions=["day1.csv", "day2"]))
+    )
+    assert f"training shared warm-started from production {first.version}" in caplog.text
+    summary = json.loads((second.report_dir / "metrics.json").read_text())
+    assert summary["warm_start_from"] == first.version
+    # Day 2 brings users only: every item of night 1 keeps its learned row.
+    prod = ServingModel.from_artifact(root / first.version)
+    for domain in ("video", "books", "music"):
+        assert summary["warm_rows"][domain] == [0, len(prod.domains[domain].emb.item_ids)]
+    # Switched off: from scratch.
+    caplog.clear()
+    third = run_nightly(data_dir, root, nightly_config_from_dict(
+        _config(SHARED, interactions=["day1.csv", "day2"], warm_start=False)))
+    assert "training shared from scratch" in caplog.text and third.status in ("published", "gated")
