@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from recxfer.benchmark import (
     FULL_KEYS,
@@ -40,14 +39,6 @@ TINY = ColdStartConfig(
     device="cpu",
 )
 N_NEG = 99
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _to_int_ids(values: pd.Series) -> pd.Series:

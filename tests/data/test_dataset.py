@@ -11,23 +11,15 @@ import pytest
 
 from recxfer.data import DataValidationError, IdMap, domain_matrix, load_data_dir, load_sources
 from recxfer.data.dataset import fingerprint
-from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
+from recxfer.data.synthetic import generate
 
 DOMAINS = ["video", "books", "music"]
-CONFIG = SyntheticConfig(
-    n_users=200,
-    seed=3,
-    domains=(
-        DomainSpec("video", 80, 1.0, 8.0),
-        DomainSpec("books", 50, 0.6, 4.0),
-        DomainSpec("music", 40, 0.5, 4.0),
-    ),
-)
 
 
 @pytest.fixture(scope="module")
-def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-    inter, items = generate(CONFIG)
+def tables(three_domain_config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    config = three_domain_config(n_users=200, seed=3, n_items=(80, 50, 40), mean_interactions=(8.0, 4.0, 4.0))
+    inter, items = generate(config)
     rng = np.random.default_rng(0)
     inter = inter.assign(weight=rng.integers(1, 5, size=len(inter)) / 2.0)
     return inter, items

@@ -9,22 +9,14 @@ import pandas as pd
 import pytest
 
 from recxfer.data import cold_start_split, leave_one_out
-from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
+from recxfer.data.synthetic import generate
 
 SOURCE, TARGETS = "video", ("books", "music")
 
 
 @pytest.fixture(scope="module")
-def interactions() -> pd.DataFrame:
-    config = SyntheticConfig(
-        n_users=400,
-        seed=11,
-        domains=(
-            DomainSpec("video", 120, 1.0, 10.0),
-            DomainSpec("books", 80, 0.6, 4.0),
-            DomainSpec("music", 60, 0.5, 4.0),
-        ),
-    )
+def interactions(three_domain_config) -> pd.DataFrame:
+    config = three_domain_config(n_users=400, seed=11, n_items=(120, 80, 60), mean_interactions=(10.0, 4.0, 4.0))
     return generate(config)[0]
 
 

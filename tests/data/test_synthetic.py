@@ -18,7 +18,6 @@ from recxfer.data import load_data_dir
 from recxfer.data.synthetic import (
     DOMAIN_WORDS,
     TOPIC_WORDS,
-    DomainSpec,
     SyntheticConfig,
     generate,
     write_samples,
@@ -27,15 +26,6 @@ from recxfer.data.synthetic import (
 SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 DOMAINS = ["video", "books", "music"]
 WORD_TOPIC = {word: topic for topic, words in enumerate(TOPIC_WORDS) for word in words}
-SMALL = SyntheticConfig(
-    n_users=300,
-    seed=5,
-    domains=(
-        DomainSpec("video", 100, 1.0, 12.0),
-        DomainSpec("books", 80, 0.6, 5.0),
-        DomainSpec("music", 60, 0.5, 5.0),
-    ),
-)
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +45,13 @@ def test_topic_words_are_unambiguous() -> None:
     assert len(words) == len(set(words))
 
 
-def test_same_seed_same_data_other_seed_other_data() -> None:
-    a_inter, a_items = generate(SMALL)
-    b_inter, b_items = generate(SMALL)
+def test_same_seed_same_data_other_seed_other_data(three_domain_config) -> None:
+    small = three_domain_config(n_users=300, seed=5, n_items=(100, 80, 60), mean_interactions=(12.0, 5.0, 5.0))
+    a_inter, a_items = generate(small)
+    b_inter, b_items = generate(small)
     pd.testing.assert_frame_equal(a_inter, b_inter)
     pd.testing.assert_frame_equal(a_items, b_items)
-    c_inter, _ = generate(replace(SMALL, seed=6))
+    c_inter, _ = generate(replace(small, seed=6))
     assert not a_inter.equals(c_inter)
 
 

@@ -37,16 +37,6 @@ needs_model = pytest.mark.skipif(not _model_importable(), reason=NO_MODEL)
 TITLES = ["space rocket galaxy", "rocket orbit planet", "romance wedding kiss"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a busy
-    shared CPU (2 threads there made these ops ~300x slower). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _refuse_network(*args, **kwargs):
     raise AssertionError("tried to open a network connection")
 

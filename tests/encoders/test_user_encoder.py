@@ -13,16 +13,6 @@ from recxfer.encoders import HistoryUserEncoder, UserEncoderConfig
 B, L, D = 5, 6, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a busy
-    shared CPU (2 threads there made these ops ~300x slower). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch(seed: int = 0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     hist = torch.randn(B, L, D, generator=gen, dtype=dtype)

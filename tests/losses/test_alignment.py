@@ -32,15 +32,6 @@ DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a busy
-    shared CPU (2 threads there made these ops ~300x slower). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 SRC = [[1.0, 0.0, 0.5], [0.5, -1.0, 0.0], [0.0, 2.0, -0.5], [-1.5, 0.5, 1.0]]
 TGT = [[0.8, 0.1, 0.0], [0.0, -1.2, 0.4], [0.2, 1.5, 0.0], [-1.0, 0.0, 2.0], [2.5, 0.5, -0.5]]
 

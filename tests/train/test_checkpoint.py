@@ -15,16 +15,6 @@ from recxfer.train import Checkpointer, CrossDomainConfig, MFConfig, MFInit, tra
 from recxfer.transfer.emcdr import EMCDRConfig
 
 
-def _block_data(n_users: int = 40, n_items: int = 20, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        liked = [i for i in range(n_items) if i % 2 == u % 2]
-        for i in rng.choice(liked, size=5, replace=False):
-            rows.append((f"u{u}", f"i{i}", "d"))
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "domain"])
-
-
 def _linear_step(model: nn.Module, optim: torch.optim.Optimizer) -> None:
     optim.zero_grad()
     model(torch.randn(4, 3)).sum().backward()
@@ -90,8 +80,8 @@ class _DiesAfter(Checkpointer):
 
 
 @pytest.mark.parametrize("loss", ["softmax", "bpr"])
-def test_resumed_training_is_bit_identical(tmp_path: Path, loss: str) -> None:
-    matrix = domain_matrix(_block_data(), "d")
+def test_resumed_training_is_bit_identical(tmp_path: Path, loss: str, block_data) -> None:
+    matrix = domain_matrix(block_data(40, 20, per_user=5), "d")
     config = MFConfig(dim=4, epochs=5, batch_size=16, lr=0.05, loss=loss)
     plain = train_mf(matrix, config, torch.device("cpu"))
     meta = {"run": 1}
@@ -108,8 +98,8 @@ def test_resumed_training_is_bit_identical(tmp_path: Path, loss: str) -> None:
     np.testing.assert_array_equal(again.user_emb, plain.user_emb)
 
 
-def test_warm_start_copies_known_rows_and_keeps_new_ones_fresh() -> None:
-    matrix = domain_matrix(_block_data(), "d")
+def test_warm_start_copies_known_rows_and_keeps_new_ones_fresh(block_data) -> None:
+    matrix = domain_matrix(block_data(40, 20, per_user=5), "d")
     dim = 4
     prior_users = np.array(["u3", "u1", "ghost"], dtype=object)
     prior_user_emb = np.arange(3 * dim, dtype=np.float32).reshape(3, dim)
@@ -132,18 +122,18 @@ def test_warm_start_copies_known_rows_and_keeps_new_ones_fresh() -> None:
         train_mf(matrix, MFConfig(dim=8, epochs=1), torch.device("cpu"), init=init)
 
 
-def _two_domains() -> pd.DataFrame:
-    src = _block_data(40, 20, seed=1).assign(domain="src")
-    tgt = _block_data(30, 10, seed=2).assign(domain="tgt")
+def _two_domains(block_data) -> pd.DataFrame:
+    src = block_data(40, 20, per_user=5, seed=1).assign(domain="src")
+    tgt = block_data(30, 10, per_user=5, seed=2).assign(domain="tgt")
     return pd.concat([src, tgt], ignore_index=True)
 
 
-def test_cross_domain_checkpoints_per_domain_and_warm_starts(tmp_path: Path) -> None:
+def test_cross_domain_checkpoints_per_domain_and_warm_starts(tmp_path: Path, block_data) -> None:
     config = CrossDomainConfig(
         source="src", targets=("tgt",), mf=MFConfig(dim=4, epochs=2, batch_size=32),
         emcdr=EMCDRConfig(hidden=8, epochs=5), device="cpu",
     )
-    data = _two_domains()
+    data = _two_domains(block_data)
     plain = train_cross_domain(data, config)
     ckpt = train_cross_domain(data, config, checkpoint_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mf-src", "mf-tgt"]

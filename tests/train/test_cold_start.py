@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from recxfer.data import cold_start_split, load_data_dir
 from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
@@ -34,14 +33,6 @@ TINY = ColdStartConfig(
     shared=SharedTrainConfig(model=SharedModelConfig(dim=8), epochs=2, batch_size=256),
     device="cpu",
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def seeded(config: ColdStartConfig, seed: int) -> ColdStartConfig:

@@ -1,9 +1,9 @@
-"""Training smoke tests at tiny sizes: the loss falls and embeddings rank positives."""
+"""Training smoke tests at tiny sizes: the loss falls and embeddings rank positives
+(on ``block_data``, two clusters, from tests/train/conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -11,20 +11,9 @@ from recxfer.data import domain_matrix
 from recxfer.train import MFConfig, resolve_device, train_mf
 
 
-def _block_data(n_users: int = 60, n_items: int = 30, seed: int = 0) -> pd.DataFrame:
-    """Two clusters: even users like even items, odd users odd items."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        liked = [i for i in range(n_items) if i % 2 == u % 2]
-        for i in rng.choice(liked, size=6, replace=False):
-            rows.append((f"u{u}", f"i{i}", "d"))
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "domain"])
-
-
 @pytest.mark.parametrize("loss", ["softmax", "bpr"])
-def test_training_learns_the_clusters(loss: str) -> None:
-    matrix = domain_matrix(_block_data(), "d")
+def test_training_learns_the_clusters(loss: str, block_data) -> None:
+    matrix = domain_matrix(block_data(60, 30, per_user=6), "d")
     result = train_mf(
         matrix, MFConfig(dim=8, epochs=30, batch_size=64, lr=0.05, loss=loss), torch.device("cpu")
     )
@@ -38,8 +27,8 @@ def test_training_learns_the_clusters(loss: str) -> None:
     assert (margin > 0).mean() > 0.95
 
 
-def test_training_is_seeded() -> None:
-    matrix = domain_matrix(_block_data(), "d")
+def test_training_is_seeded(block_data) -> None:
+    matrix = domain_matrix(block_data(60, 30, per_user=6), "d")
     config = MFConfig(dim=4, epochs=3, batch_size=32)
     a = train_mf(matrix, config, torch.device("cpu"))
     b = train_mf(matrix, config, torch.device("cpu"))

@@ -176,14 +176,6 @@ def reference_train_shared(
 
 
 # --------------------------------------------------------------------------- cases
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def index():
     interactions, _ = generate(SyntheticConfig(

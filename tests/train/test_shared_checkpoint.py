@@ -16,14 +16,6 @@ from recxfer.train.shared import SharedTrainConfig, train_shared
 from recxfer.transfer.shared import SharedModelConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Crash(RuntimeError):
     pass
 

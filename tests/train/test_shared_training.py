@@ -20,14 +20,6 @@ from recxfer.transfer.shared import SharedModelConfig, SharedTransferModel
 SOURCE, TARGET = "video", "books"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def index():
     interactions, _ = generate(SyntheticConfig(

@@ -12,14 +12,6 @@ from recxfer.transfer.ptupcdr import PersonalizedBridge, PTUPCDRConfig, apply_pt
 DIM, HIDDEN, L = 8, 16, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_inputs(batch: int = 6, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     src_user = torch.randn(batch, DIM, generator=g)

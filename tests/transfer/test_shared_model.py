@@ -17,14 +17,6 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(config: SharedModelConfig = CONFIGS[0], text: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     text_emb = np.random.default_rng(seed).standard_normal((N_ITEMS, 5)).astype(np.float32) if text else None
