@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON mirroring recxfer.train.cold_start.ColdStartConfig")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="cdrib only: users < N are shared across the folders; checked against the "
+                        "overlap derived from valid/test and pair.json (default: derived)")
     p.set_defaults(func=_cmd_bench_cdr)
 
     p = sub.add_parser("run", help="train, evaluate, publish, then serve (the main job)")

@@ -20,7 +20,7 @@ from recxfer.benchmark import (
 )
 from recxfer.cli import main
 from recxfer.config import to_dict
-from recxfer.data.benchmarks import CDRIB_OVERLAP, load_cdrib
+from recxfer.data.benchmarks import load_cdrib
 from recxfer.data.split import cold_start_split
 from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
 from recxfer.eval.sampled import SAMPLED_KEYS
@@ -69,7 +69,7 @@ def cdrib_dirs(tmp_path_factory) -> tuple[Path, Path]:
     for d, other in (("aa", "bb"), ("bb", "aa")):
         part = train[train["domain"] == d][["user", "item"]]
         # single-domain users: ids >= 9828, the same numbers in both folders
-        extra = pd.DataFrame({"user": CDRIB_OVERLAP + rng.integers(0, 10, size=30),
+        extra = pd.DataFrame({"user": 9828 + rng.integers(0, 10, size=30),
                               "item": rng.integers(0, part["item"].max() + 1, size=30)})
         _write(root / f"{d}_{other}" / "train.txt", pd.concat([part, extra]))
     target_items = set(train.loc[train["domain"] == "bb", "item"])
