@@ -2,21 +2,37 @@
 
 from recxfer.eval.cold_start import evaluate_cold_start
 from recxfer.eval.heldout import evaluate_heldout, score_samples
-from recxfer.eval.metrics import hit_rate_at_k, mrr, mrr_from_scores, ndcg_at_k, recall_at_k
-from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics
+from recxfer.eval.metrics import (
+    hit_rate_at_k,
+    mrr,
+    mrr_from_scores,
+    ndcg_at_k,
+    rank_metrics,
+    recall_at_k,
+    relevant_ranks,
+    tie_break_keys,
+)
+from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics, full_ranking_metrics_scores
 from recxfer.eval.report import markdown_table, write_results
+from recxfer.eval.sampled import sampled_metrics, sampled_metrics_scores
 
 __all__ = [
     "DEFAULT_KS",
     "evaluate_cold_start",
     "evaluate_heldout",
     "full_ranking_metrics",
+    "full_ranking_metrics_scores",
     "hit_rate_at_k",
     "markdown_table",
     "mrr",
     "mrr_from_scores",
     "ndcg_at_k",
+    "rank_metrics",
     "recall_at_k",
+    "relevant_ranks",
+    "sampled_metrics",
+    "sampled_metrics_scores",
     "score_samples",
+    "tie_break_keys",
     "write_results",
 ]

@@ -1,10 +1,20 @@
 """Top-k ranking metrics for implicit feedback, one value per user.
 
-Every function takes ``ranked``: ``(n_users, >=k)`` item positions, best first
-(``-1`` = padding, never relevant), and ``relevant``: one array of relevant item
-positions per user. ``n_relevant`` (``(n_users,)``) may count relevant items that
-cannot be ranked (e.g. absent from the catalogue); it defaults to
-``len(relevant[u])``. Users with no relevant item get ``nan``.
+The list metrics (``recall_at_k``, ``hit_rate_at_k``, ``ndcg_at_k``, ``mrr``) take
+``ranked``: ``(n_users, >=k)`` item positions, best first (``-1`` = padding, never
+relevant), and ``relevant``: one array of relevant item positions per user.
+``n_relevant`` (``(n_users,)``) may count relevant items that cannot be ranked
+(e.g. absent from the catalogue); it defaults to ``len(relevant[u])``. Users with
+no relevant item get ``nan``.
+
+The score functions (``relevant_ranks``, ``rank_metrics``, ``mrr_from_scores``)
+rank the whole catalogue from ``(n_users, n_items)`` scores. Ties are broken by a
+seeded random order of the items, one per user (``tie_break_keys``): each user's
+ranking orders items by score, descending, then by key, ascending. So a constant
+scorer gets the metrics of a random ranking, not those of a perfect one, and no
+item wins ties for being first in the catalogue. Items scored ``-inf`` (excluded)
+or ``nan`` are not ranked: they are never counted above anything, and a relevant
+one is a miss.
 """
 
 from __future__ import annotations
@@ -91,20 +101,181 @@ def mrr(
     return np.where(_n_relevant(relevant, n_relevant) > 0, rr, np.nan)
 
 
-def mrr_from_scores(scores: np.ndarray, relevant: Sequence[np.ndarray]) -> np.ndarray:
+# splitmix64 (Steele, Lea & Flood 2014): an odd increment and a bijective finaliser.
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_SEED_SALT = np.uint64(0x5851F42D4C957F2D)
+_PAIR_BUDGET = 1 << 22  # score comparisons done at once by relevant_ranks
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, in place on a fresh uint64 array: a bijection of
+    uint64 onto itself (wraps mod 2**64)."""
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def tie_break_keys(users: np.ndarray, items: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint64 tie-break key of each ``(user, item)`` pair (broadcast together).
+
+    Among items with equal scores, a user's ranking puts the smaller key first.
+    For one user and seed, ``item -> key`` is injective (``mix64(base + item * gamma)``
+    with an odd ``gamma`` and a bijective ``mix64``), so the keys order the items as a
+    permutation, pseudo-random and different for every user and seed. A key depends
+    only on ``(seed, user, item)``, never on how users are chunked.
+    """
+    users = np.asarray(users, dtype=np.int64).astype(np.uint64)
+    items = np.asarray(items, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        salt = _mix64(np.array([seed % (1 << 64)], dtype=np.uint64) ^ _SEED_SALT)[0]
+        base = _mix64(np.atleast_1d((users + np.uint64(1)) * _GAMMA ^ salt))
+        keys = _mix64(np.atleast_1d(base.reshape(users.shape) + items * _GAMMA))
+        return keys.reshape(np.broadcast_shapes(users.shape, items.shape))
+
+
+def _row_counts(mask: np.ndarray) -> np.ndarray:
+    """``(n,)`` int64 true values per row of a 2-D bool array (faster than
+    ``count_nonzero(axis=1)``)."""
+    return mask.view(np.uint8).sum(axis=1, dtype=np.uint32).astype(np.int64)
+
+
+def _relevant_pairs(relevant: Sequence[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique ``(owner, item)`` pairs of relevant items inside ``[0, n_items)``, sorted."""
+    lengths = np.array([len(rel) for rel in relevant], dtype=np.int64)
+    if not lengths.sum() or n_items == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    flat = np.concatenate([np.asarray(rel, dtype=np.int64).ravel() for rel in relevant])
+    owners = np.repeat(np.arange(len(relevant), dtype=np.int64), lengths)
+    ok = (flat >= 0) & (flat < n_items)  # off-catalogue positions are misses
+    codes = np.unique(owners[ok] * n_items + flat[ok])
+    return codes // n_items, codes % n_items
+
+
+def relevant_ranks(
+    scores: np.ndarray,
+    relevant: Sequence[np.ndarray],
+    users: np.ndarray | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-based full-catalogue rank of every relevant item, ties broken at random.
+
+    Args:
+        scores: ``(n, n_items)``; excluded items must already be ``-inf``.
+        relevant: relevant item positions per row of ``scores``; duplicates count
+            once, positions outside ``[0, n_items)`` are left out (misses).
+        users: ``(n,)`` user row of each score row, which seeds its tie-break order
+            (``tie_break_keys``); defaults to ``arange(n)``.
+
+    Returns:
+        ``(owner, item, rank)``, one entry per unique relevant pair, sorted by owner
+        then item: ``rank = 1 + #(score > s) + #(score == s and key < own key)``
+        over the owner's row, where ``s`` is the item's score, as float64; ``inf``
+        when ``s`` is ``-inf`` or ``nan`` (not ranked). ``-inf`` and ``nan`` items
+        never count. Cost: ``O(n_items)`` per relevant pair, memory bounded.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[0] != len(relevant):
+        raise ValueError(f"scores {scores.shape} must be (n_users={len(relevant)}, n_items)")
+    n, n_items = scores.shape
+    users = np.arange(n, dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)
+    if users.shape != (n,):
+        raise ValueError(f"users {users.shape} must be ({n},)")
+    owner, item = _relevant_pairs(relevant, n_items)
+    own = scores[owner, item]  # (P,)
+    rank = np.full(len(owner), np.inf)
+    ranked = np.flatnonzero(own > -np.inf)  # False for -inf and nan
+    block = max(1, _PAIR_BUDGET // max(n_items, 1))
+    for start in range(0, len(ranked), block):
+        pick = ranked[start : start + block]  # (b,) pairs
+        rows = scores[owner[pick]]  # (b, I)
+        s = own[pick][:, None]  # (b, 1)
+        above = _row_counts(rows > s)  # (b,)
+        tied = rows == s  # (b, I), the item itself included
+        n_tied = _row_counts(tied)  # (b,)
+        ahead = np.zeros(len(pick), dtype=np.int64)  # tied items whose key comes first
+        multi = np.flatnonzero(n_tied > 1)  # pairs with a real tie
+        who = users[owner[pick[multi]]]  # (m,)
+        own_key = tie_break_keys(who, item[pick[multi]], seed)  # (m,)
+        dense = n_tied[multi] * 8 > n_items  # many ties (a popularity tail): key every item
+        if dense.any():
+            keys = tie_break_keys(who[dense][:, None], np.arange(n_items)[None, :], seed)  # (d, I)
+            first = tied[multi[dense]] & (keys < own_key[dense][:, None])  # (d, I)
+            ahead[multi[dense]] = _row_counts(first)
+        if not dense.all():
+            sparse = multi[~dense]
+            pair, other = np.nonzero(tied[sparse])  # (t,), (t,): each tied item of each pair
+            before = tie_break_keys(who[~dense][pair], other, seed) < own_key[~dense][pair]  # (t,)
+            ahead[sparse] = np.bincount(pair, weights=before, minlength=len(sparse)).astype(np.int64)
+        rank[pick] = 1 + above + ahead
+    return owner, item, rank
+
+
+def rank_metrics(
+    owner: np.ndarray,
+    rank: np.ndarray,
+    n_relevant: np.ndarray,
+    ks: Sequence[int],
+    n_items: int,
+) -> dict[str, np.ndarray]:
+    """Per-user ``recall@k``, ``ndcg@k``, ``hr@k`` (each ``k`` in ``ks``) and ``mrr``
+    from the ranks of relevant items (``relevant_ranks``).
+
+    Args:
+        owner: ``(P,)`` user of each ranked relevant item, in ``[0, n_users)``.
+        rank: ``(P,)`` its 1-based rank (``inf`` = not ranked).
+        n_relevant: ``(n_users,)`` relevant items per user, unranked ones included.
+        n_items: catalogue size; a ``k`` beyond it is cut to it (as in the ideal DCG).
+
+    Returns:
+        ``(n_users,)`` float64 arrays; ``nan`` for users with ``n_relevant == 0``.
+        NDCG has binary gains and the ideal DCG of ``min(n_relevant, k)`` hits.
+    """
+    n_relevant = np.asarray(n_relevant, dtype=np.float64)
+    n_users = len(n_relevant)
+    owner = np.asarray(owner, dtype=np.int64)
+    rank = np.asarray(rank, dtype=np.float64)
+    has = n_relevant > 0
+    gain = 1.0 / np.log2(rank + 1.0)  # (P,), 0 for inf
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        kk = min(int(k), n_items)
+        hit = rank <= kk  # (P,)
+        hits = np.bincount(owner, weights=hit, minlength=n_users)  # (n_users,)
+        dcg = np.bincount(owner, weights=np.where(hit, gain, 0.0), minlength=n_users)
+        ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, kk + 2)))])
+        idcg = ideal[np.minimum(n_relevant, kk).astype(np.int64)]
+        out[f"recall@{k}"] = _safe_div(hits, n_relevant)
+        out[f"ndcg@{k}"] = _safe_div(dcg, idcg)
+        out[f"hr@{k}"] = np.where(has, (hits > 0).astype(np.float64), np.nan)
+    best = np.full(n_users, np.inf)
+    np.minimum.at(best, owner, rank)
+    out["mrr"] = np.where(has, 1.0 / best, np.nan)
+    return out
+
+
+def mrr_from_scores(
+    scores: np.ndarray, relevant: Sequence[np.ndarray], seed: int = 0
+) -> np.ndarray:
     """``(n_users,)`` full-ranking reciprocal rank of the best relevant item.
 
     Args:
         scores: ``(n_users, n_items)``; excluded items must already be ``-inf``.
         relevant: relevant item positions per user.
+        seed: seeds the random tie-break (``tie_break_keys``, user = row).
 
-    The rank is 1 + the number of items scored strictly higher than the best
-    relevant item; 0 when no relevant item can be ranked, ``nan`` with none at all.
+    The rank is ``relevant_ranks``'s: ties are broken at random, so equal scores
+    do not flatter (a constant scorer gets a random rank, not rank 1). ``0`` when no
+    relevant item can be ranked, ``nan`` with none at all.
     """
-    out = np.full(len(relevant), np.nan)
-    for u, rel in enumerate(relevant):
-        if len(rel) == 0:
-            continue
-        best = scores[u, rel].max()
-        out[u] = 0.0 if not np.isfinite(best) else 1.0 / (1 + int((scores[u] > best).sum()))
-    return out
+    owner, _, rank = relevant_ranks(scores, relevant, seed=seed)
+    best = np.full(len(relevant), np.inf)
+    np.minimum.at(best, owner, rank)
+    has = np.array([len(rel) > 0 for rel in relevant], dtype=bool)
+    return np.where(has, 1.0 / best, np.nan)

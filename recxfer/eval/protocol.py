@@ -1,16 +1,109 @@
-"""Evaluation protocols: full ranking over the whole catalogue."""
+"""Evaluation protocols: full ranking over the whole catalogue.
+
+Every item of the catalogue is ranked for every user; ties are broken by a seeded
+random order of the items, one per user (see ``recxfer.eval.metrics``), so equal
+scores neither flatter a model (a constant scorer gets random-ranking metrics) nor
+favour the items that come first in the catalogue.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from recxfer.eval.metrics import hit_rate_at_k, mrr_from_scores, ndcg_at_k, recall_at_k
-from recxfer.index.exact import ExactIndex
+from recxfer.eval.metrics import _n_relevant, rank_metrics, relevant_ranks
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
+CHUNK_USERS = 1024  # users scored at once: bounds memory to CHUNK_USERS x n_items scores
+
+ScoreFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _chunk_scores(score_fn: ScoreFn, rows: np.ndarray, n_items: int | None) -> np.ndarray:
+    """A writable floating copy of ``score_fn(rows)``, shape-checked."""
+    scores = np.array(score_fn(rows))  # a copy: excluded items are overwritten below
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    if scores.ndim != 2 or scores.shape[0] != len(rows) or scores.shape[1] == 0:
+        raise ValueError(f"score_fn gave {scores.shape} for {len(rows)} users, want (users, n_items >= 1)")
+    if n_items is not None and scores.shape[1] != n_items:
+        raise ValueError(f"score_fn gave {scores.shape[1]} items, earlier chunks {n_items}")
+    return scores
+
+
+def _exclude(scores: np.ndarray, banned: Sequence[np.ndarray]) -> None:
+    """Sets ``scores[row, banned[row]]`` to ``-inf``; positions outside the catalogue
+    (e.g. ``-1`` padding) exclude nothing."""
+    lengths = np.array([len(b) for b in banned], dtype=np.int64)
+    if not lengths.sum():
+        return
+    flat = np.concatenate([np.asarray(b, dtype=np.int64).ravel() for b in banned])
+    rows = np.repeat(np.arange(len(banned), dtype=np.int64), lengths)
+    ok = (flat >= 0) & (flat < scores.shape[1])
+    scores[rows[ok], flat[ok]] = -np.inf
+
+
+def full_ranking_metrics_scores(
+    score_fn: ScoreFn,
+    n_users: int,
+    relevant: Sequence[np.ndarray],
+    ks: Sequence[int] = DEFAULT_KS,
+    exclude: Sequence[np.ndarray] | None = None,
+    n_relevant: np.ndarray | None = None,
+    seed: int = 0,
+    chunk_size: int = CHUNK_USERS,
+) -> dict[str, float]:
+    """Mean recall@k, ndcg@k, hr@k (each ``k`` in ``ks``) and MRR over users, of any scorer.
+
+    Each user's ranking orders the whole catalogue by score, descending, then by a
+    seeded random permutation of the items (``tie_break_keys(user, item, seed)``);
+    ``exclude`` (e.g. training items) is removed from it first.
+
+    Args:
+        score_fn: ``score_fn(rows)`` with ``rows`` ``(c,)`` int64 user positions in
+            ``[0, n_users)`` gives their ``(c, n_items)`` float scores; called once
+            per chunk of ``chunk_size`` users, in order. Its array is copied, never
+            written to. ``-inf`` and ``nan`` scores are not ranked.
+        n_users: users to evaluate; ``relevant`` (and ``exclude``) have one entry each.
+        relevant: held-out item positions per user (duplicates count once).
+        exclude: item positions per user removed from the ranking; a relevant item
+            excluded is a miss.
+        n_relevant: ``(n_users,)`` counts including relevant items missing from the
+            catalogue (they count as misses); defaults to ``len(unique(relevant[u]))``.
+        seed: seeds the tie-break; same seed, same metrics.
+
+    Returns:
+        ``{"recall@10": ..., "ndcg@10": ..., "hr@10": ..., ..., "mrr": ..., "users": n}``;
+        means over users with ``n_relevant > 0``.
+    """
+    if n_users < 1 or len(relevant) == 0:
+        raise ValueError("no users to evaluate")
+    if len(relevant) != n_users:
+        raise ValueError(f"relevant has {len(relevant)} users, n_users is {n_users}")
+    if exclude is not None and len(exclude) != n_users:
+        raise ValueError(f"exclude has {len(exclude)} users, n_users is {n_users}")
+    if len(ks) == 0 or min(ks) < 1:
+        raise ValueError(f"ks must be non-empty and >= 1, got {tuple(ks)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n_rel = _n_relevant(relevant, n_relevant)  # (n_users,), validated
+    n_items: int | None = None
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n_users, chunk_size):
+        stop = min(start + chunk_size, n_users)
+        rows = np.arange(start, stop, dtype=np.int64)
+        scores = _chunk_scores(score_fn, rows, n_items)  # (c, I)
+        n_items = scores.shape[1]
+        if exclude is not None:
+            _exclude(scores, exclude[start:stop])
+        owner, _, rank = relevant_ranks(scores, relevant[start:stop], rows, seed)
+        for name, values in rank_metrics(owner, rank, n_rel[start:stop], ks, n_items).items():
+            parts.setdefault(name, []).append(values)
+    result = {name: float(np.nanmean(np.concatenate(values))) for name, values in parts.items()}
+    result["users"] = float(n_users)
+    return result
 
 
 def full_ranking_metrics(
@@ -20,46 +113,29 @@ def full_ranking_metrics(
     ks: Sequence[int] = DEFAULT_KS,
     exclude: Sequence[np.ndarray] | None = None,
     n_relevant: np.ndarray | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Mean recall@k, ndcg@k, hr@k (each ``k`` in ``ks``) and MRR over users.
-
-    Every item of the catalogue is ranked; ``exclude`` (e.g. training items) is
-    removed from each user's ranking first.
+    """``full_ranking_metrics_scores`` of embeddings: score = ``user_emb @ item_emb.T``
+    (float32).
 
     Args:
-        user_emb: ``(n_users, d)``.
-        item_emb: ``(n_items, d)``; score = ``user_emb @ item_emb.T``.
-        relevant: held-out item positions per user.
-        n_relevant: ``(n_users,)`` counts including relevant items missing from the
-            catalogue (they count as misses); defaults to ``len(relevant[u])``.
+        user_emb: ``(n_users, d)``, one row per entry of ``relevant``.
+        item_emb: ``(n_items, d)``.
+        relevant, ks, exclude, n_relevant, seed: as in ``full_ranking_metrics_scores``.
 
     Returns:
         ``{"recall@10": ..., "ndcg@10": ..., "hr@10": ..., ..., "mrr": ..., "users": n}``.
     """
     if len(relevant) == 0:
         raise ValueError("no users to evaluate")
-    k_max = min(max(ks), item_emb.shape[0])
-    index = ExactIndex(item_emb, device="cpu")
-    ranked = index.search(user_emb, k_max, exclude).idx  # (n_users, k_max)
-    result: dict[str, float] = {}
-    for k in ks:
-        kk = min(k, k_max)
-        result[f"recall@{k}"] = float(np.nanmean(recall_at_k(ranked, relevant, kk, n_relevant)))
-        result[f"ndcg@{k}"] = float(np.nanmean(ndcg_at_k(ranked, relevant, kk, n_relevant)))
-        result[f"hr@{k}"] = float(np.nanmean(hit_rate_at_k(ranked, relevant, kk, n_relevant)))
-    rr = []
-    items = torch.as_tensor(np.ascontiguousarray(item_emb, dtype=np.float32))
-    for start in range(0, len(relevant), 1024):
-        stop = min(start + 1024, len(relevant))
-        queries = torch.as_tensor(np.ascontiguousarray(user_emb[start:stop], dtype=np.float32))
-        scores = (queries @ items.T).numpy()  # (chunk, n_items)
-        if exclude is not None:
-            for row, banned in enumerate(exclude[start:stop]):
-                scores[row, banned] = -np.inf
-        rr.append(mrr_from_scores(scores, relevant[start:stop]))
-    rr_all = np.concatenate(rr)
-    if n_relevant is not None:  # users whose relevant items are all off-catalogue
-        rr_all = np.where(np.isnan(rr_all) & (np.asarray(n_relevant) > 0), 0.0, rr_all)
-    result["mrr"] = float(np.nanmean(rr_all))
-    result["users"] = float(len(relevant))
-    return result
+    if user_emb.ndim != 2 or user_emb.shape[0] != len(relevant):
+        raise ValueError(f"user_emb {user_emb.shape} must be (n_users={len(relevant)}, d)")
+    items = torch.as_tensor(np.ascontiguousarray(item_emb, dtype=np.float32))  # (I, d)
+
+    def score_fn(rows: np.ndarray) -> np.ndarray:
+        queries = torch.as_tensor(np.ascontiguousarray(user_emb[rows], dtype=np.float32))  # (c, d)
+        return (queries @ items.T).numpy()  # (c, I)
+
+    return full_ranking_metrics_scores(
+        score_fn, len(relevant), relevant, ks, exclude, n_relevant, seed
+    )

@@ -8,6 +8,8 @@ expected rank of a random one rather than rank 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -56,6 +58,57 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     }
 
 
+def sampled_metrics_scores(
+    score_fn: Callable[[np.ndarray], np.ndarray],
+    instance_user: np.ndarray,
+    instance_item: np.ndarray,
+    n_items: int,
+    n_neg: int = 999,
+    seed: int = 0,
+    chunk_size: int = 1024,
+    unique_users: bool = True,
+) -> dict[str, float]:
+    """Sampled-protocol metrics of any scorer.
+
+    Negatives are ``sample_negatives(n, n_items, n_neg, seed)``; ranks are
+    ``sampled_ranks(..., seed + 1)`` (ties broken at random).
+
+    Args:
+        score_fn: ``score_fn(rows)`` with ``rows`` ``(c,)`` int64 user rows gives
+            their ``(c, n_items)`` scores.
+        instance_user: ``(n,)`` user row of each instance.
+        instance_item: ``(n,)`` positive item position of each instance.
+        n_items: the catalogue negatives are drawn from (``score_fn``'s width).
+        chunk_size: instances per ``score_fn`` call (bounds memory to
+            ``chunk_size x n_items`` scores).
+        unique_users: score each chunk's distinct users once; ``False`` passes the
+            chunk's ``instance_user`` as is, repeats included.
+    """
+    instance_user = np.asarray(instance_user, dtype=np.int64)
+    instance_item = np.asarray(instance_item, dtype=np.int64)
+    if instance_user.ndim != 1 or instance_user.shape != instance_item.shape:
+        raise ValueError(f"instance_user {instance_user.shape} and instance_item {instance_item.shape} must be (n,)")
+    if len(instance_user) == 0:
+        raise ValueError("no instances")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    negatives = sample_negatives(len(instance_user), n_items, n_neg, seed)  # (n, n_neg)
+    pos, neg = [], []
+    for start in range(0, len(instance_user), chunk_size):
+        stop = start + chunk_size
+        users = instance_user[start:stop]  # (c,)
+        if unique_users:
+            rows, owner = np.unique(users, return_inverse=True)  # (u,), (c,)
+        else:
+            rows, owner = users, np.arange(len(users))
+        scores = np.asarray(score_fn(rows))  # (u, I)
+        if scores.shape != (len(rows), n_items):
+            raise ValueError(f"score_fn gave {scores.shape}, want ({len(rows)}, {n_items})")
+        pos.append(scores[owner, instance_item[start:stop]])  # (c,)
+        neg.append(scores[owner[:, None], negatives[start:stop]])  # (c, n_neg)
+    return metrics_from_ranks(sampled_ranks(np.concatenate(pos), np.concatenate(neg), seed + 1))
+
+
 def sampled_metrics(
     user_emb: np.ndarray,
     item_emb: np.ndarray,
@@ -64,7 +117,8 @@ def sampled_metrics(
     n_neg: int = 999,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Sampled-protocol metrics of embeddings.
+    """Sampled-protocol metrics of embeddings: ``sampled_metrics_scores`` with
+    score = ``user_emb @ item_emb.T`` (float32).
 
     Args:
         user_emb: ``(n_users, d)``.
@@ -72,16 +126,14 @@ def sampled_metrics(
         instance_user: ``(n,)`` row of ``user_emb`` of each instance.
         instance_item: ``(n,)`` positive item position of each instance.
     """
-    negatives = sample_negatives(len(instance_user), item_emb.shape[0], n_neg, seed)
     items = torch.as_tensor(np.ascontiguousarray(item_emb, dtype=np.float32))  # (I, d)
-    pos, neg = [], []
-    for start in range(0, len(instance_user), 1024):  # bounds memory to 1024 x I scores
-        stop = start + 1024
-        users = torch.as_tensor(
-            np.ascontiguousarray(user_emb[instance_user[start:stop]], dtype=np.float32)
-        )  # (c, d)
-        scores = (users @ items.T).numpy()  # (c, I)
-        rows = np.arange(scores.shape[0])
-        pos.append(scores[rows, instance_item[start:stop]])  # (c,)
-        neg.append(scores[rows[:, None], negatives[start:stop]])  # (c, n_neg)
-    return metrics_from_ranks(sampled_ranks(np.concatenate(pos), np.concatenate(neg), seed + 1))
+
+    def score_fn(rows: np.ndarray) -> np.ndarray:
+        users = torch.as_tensor(np.ascontiguousarray(user_emb[rows], dtype=np.float32))  # (c, d)
+        return (users @ items.T).numpy()  # (c, I)
+
+    # One score row per instance, as this function always did: a BLAS product's
+    # last bits depend on the batch, and these metrics stay bit-for-bit the same.
+    return sampled_metrics_scores(
+        score_fn, instance_user, instance_item, item_emb.shape[0], n_neg, seed, unique_users=False
+    )

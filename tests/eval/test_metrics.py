@@ -175,6 +175,8 @@ def test_metrics_match_naive_loops_on_random_rankings() -> None:
 
 
 def naive_mrr_from_scores(scores, relevant):
+    # Only for scores without ties (the stable argsort puts the lowest index first;
+    # mrr_from_scores breaks ties at random, see test_ties.py).
     out = []
     for u, rel in enumerate(relevant):
         if len(rel) == 0:

@@ -11,6 +11,8 @@ from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics
 
 
 def naive_full_ranking(user_emb, item_emb, relevant, ks, exclude=None, n_relevant=None):
+    # Gaussian embeddings give no tied scores, so the stable argsort's tie rule
+    # (lowest index first) never applies here; ties are tested in test_ties.py.
     scores = user_emb.astype(np.float64) @ item_emb.astype(np.float64).T  # (U, I)
     per_user: dict[str, list[float]] = {}
     for u, rel in enumerate(relevant):

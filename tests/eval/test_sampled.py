@@ -11,12 +11,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from recxfer.eval.sampled import (
     SAMPLED_KEYS,
     metrics_from_ranks,
     sample_negatives,
     sampled_metrics,
+    sampled_metrics_scores,
     sampled_ranks,
 )
 
@@ -276,3 +278,72 @@ def test_nan_scores_are_not_a_perfect_rank() -> None:
     except ValueError:
         return  # refusing NaN scores is fine too
     assert m["HR@1"] < 1.0 and m["MRR"] < 1.0
+
+
+# ----------------------------------------------------------------------------- sampled_metrics_scores
+
+
+def legacy_sampled_metrics(user_emb, item_emb, instance_user, instance_item, n_neg=999, seed=0):
+    """``sampled_metrics`` as it was before the scorer entry point, kept verbatim."""
+    negatives = sample_negatives(len(instance_user), item_emb.shape[0], n_neg, seed)
+    items = torch.as_tensor(np.ascontiguousarray(item_emb, dtype=np.float32))
+    pos, neg = [], []
+    for start in range(0, len(instance_user), 1024):
+        stop = start + 1024
+        users = torch.as_tensor(
+            np.ascontiguousarray(user_emb[instance_user[start:stop]], dtype=np.float32)
+        )
+        scores = (users @ items.T).numpy()
+        rows = np.arange(scores.shape[0])
+        pos.append(scores[rows, instance_item[start:stop]])
+        neg.append(scores[rows[:, None], negatives[start:stop]])
+    return metrics_from_ranks(sampled_ranks(np.concatenate(pos), np.concatenate(neg), seed + 1))
+
+
+@pytest.mark.parametrize("n_users,n_items,dim,n", [(3, 40, 16, 700), (80, 300, 33, 2500), (1, 20, 7, 50)])
+def test_sampled_metrics_are_unchanged_on_float_embeddings(n_users, n_items, dim, n) -> None:
+    rng = np.random.default_rng(n)
+    user_emb = rng.standard_normal((n_users, dim)).astype(np.float32)  # not exact: BLAS rounding
+    item_emb = rng.standard_normal((n_items, dim)).astype(np.float32)
+    inst_user, inst_item = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    for seed in (0, 5):
+        got = sampled_metrics(user_emb, item_emb, inst_user, inst_item, 30, seed)
+        assert got == legacy_sampled_metrics(user_emb, item_emb, inst_user, inst_item, 30, seed)
+
+
+def test_sampled_metrics_scores_score_unique_users_and_equal_the_embeddings_version(embeddings) -> None:
+    _, user_emb, item_emb, inst_user = embeddings  # dyadic: exact in any batch
+    inst_item = np.arange(N_INSTANCES) % N_ITEMS
+    calls: list[np.ndarray] = []
+
+    def score_fn(rows):
+        calls.append(rows)
+        return user_emb[rows] @ item_emb.T  # numpy, not torch: same exact values
+
+    got = sampled_metrics_scores(score_fn, inst_user, inst_item, N_ITEMS, N_NEG, seed=3)
+    assert got == sampled_metrics(user_emb, item_emb, inst_user, inst_item, N_NEG, seed=3)
+    assert len(calls) == 2  # 1024 + 476 instances
+    for rows, chunk in zip(calls, (inst_user[:1024], inst_user[1024:])):
+        np.testing.assert_array_equal(rows, np.unique(chunk))
+    # chunking and repeats change nothing
+    small = sampled_metrics_scores(score_fn, inst_user, inst_item, N_ITEMS, N_NEG, 3, chunk_size=100)
+    repeats = sampled_metrics_scores(score_fn, inst_user, inst_item, N_ITEMS, N_NEG, 3, unique_users=False)
+    assert small == got == repeats
+
+
+def test_sampled_metrics_scores_of_a_constant_scorer_are_random_level() -> None:
+    n = 3000
+    m = sampled_metrics_scores(
+        lambda rows: np.zeros((len(rows), 100)), np.arange(n) % 5, np.arange(n) % 100, 100, n_neg=99
+    )
+    assert m["HR@10"] == pytest.approx(0.1, abs=0.02)
+    assert m["MRR"] < 0.1
+
+
+def test_sampled_metrics_scores_reject_bad_input() -> None:
+    with pytest.raises(ValueError):  # wrong width
+        sampled_metrics_scores(lambda rows: np.zeros((len(rows), 9)), np.array([0]), np.array([0]), 10, 5)
+    with pytest.raises(ValueError):  # no instances
+        sampled_metrics_scores(lambda rows: np.zeros((len(rows), 10)), np.zeros(0, int), np.zeros(0, int), 10, 5)
+    with pytest.raises(ValueError):  # mismatched instances
+        sampled_metrics_scores(lambda rows: np.zeros((len(rows), 10)), np.array([0, 1]), np.array([0]), 10, 5)
