@@ -12,6 +12,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# recxfer.train.cold_start.METHODS, spelled here so that parsing imports no torch
+# (tests/test_cli.py checks they are equal).
+COLD_START_METHODS = ("blend", "popularity", "target_only", "itemknn", "ease", "ridge", "userknn",
+                      "emcdr", "ptupcdr", "shared")
+
 if TYPE_CHECKING:
     from recxfer.serve import ServeConfig
 
@@ -214,14 +219,15 @@ def _cmd_bench_cdr(args: argparse.Namespace) -> int:
     config = ColdStartConfig()
     if args.config:
         config = from_dict(ColdStartConfig, json.loads(Path(args.config).read_text()), args.config)
-    result = run_bench_cdr(args.format, args.source, args.target, args.method, args.seed, config)
+    result = run_bench_cdr(args.format, args.source, args.target, args.method, args.seed, config,
+                           overlap=args.overlap)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)
     s, f, p = result["sampled"], result["full"], result["popularity"]
-    print(f"{result['source']} -> {result['target']} {args.method} seed {args.seed}: "
+    print(f"{result['source']} -> {result['target']} {result['method']} seed {args.seed}: "
           f"NDCG@10 {s['NDCG@10']:.4f} HR@10 {s['HR@10']:.4f} MRR {s['MRR']:.4f} "
           f"recall@50 {f['recall@50']:.4f} | popularity NDCG@10 {p['sampled']['NDCG@10']:.4f} "
           f"recall@50 {p['full']['recall@50']:.4f} | {result['train_seconds']:.1f}s -> {out}")
@@ -355,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["cdrib", "douban"], required=True)
     p.add_argument("--source", required=True, help="source domain folder")
     p.add_argument("--target", required=True, help="target domain folder")
-    p.add_argument("--method", choices=["target_only", "emcdr", "ptupcdr", "shared"], required=True)
+    p.add_argument("--method", choices=list(COLD_START_METHODS), default=None,
+                   help="a registered method (default: the shipped default, blend)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", help="JSON mirroring recxfer.train.cold_start.ColdStartConfig")
     p.add_argument("--out", required=True, help="JSON file to write")

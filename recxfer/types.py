@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -111,3 +112,79 @@ class DomainEmbeddings:
             )
         if self.seen.n_users != n_users:
             raise ValueError(f"{self.domain}: seen items cover {self.seen.n_users} users, not {n_users}")
+
+
+@dataclass(frozen=True)
+class ItemToItemScorer:
+    """Target scores of a source history through sparse source→target item links:
+    the servable form of the item-to-item methods (``itemknn``, ``ease``, ``ridge``,
+    ``userknn``, ``blend``), written into an artifact and read by serving, so offline
+    and served scores are one formula.
+
+    For a binary history ``h`` (``(n_src,)``) the score of target item ``j`` is::
+
+        sum_c weights[c] * (h @ B_c)[j] / max_j' |h @ B_c|  +  pop_weight * pop[j] / max(pop)
+
+    (a component whose row is all zero adds nothing). Ranking one component alone is
+    the same as ranking ``h @ B_c``; the per-user max puts components on one scale.
+
+    Attributes:
+        src_item_ids: ``(n_src,)`` source catalogue, rows of every ``B_c``.
+        tgt_item_ids: ``(n_tgt,)`` target catalogue, columns of every ``B_c``.
+        names: component names, e.g. ``("ridge", "itemknn")``.
+        matrices: ``scipy.sparse.csr_matrix`` ``(n_src, n_tgt)`` float32 per component.
+        weights: one float per component.
+        popularity: ``(n_tgt,)`` float32 training counts of the target items.
+        pop_weight: weight of the popularity term (0 leaves it out).
+    """
+
+    src_item_ids: np.ndarray
+    tgt_item_ids: np.ndarray
+    names: tuple[str, ...]
+    matrices: tuple[Any, ...]
+    weights: tuple[float, ...]
+    popularity: np.ndarray
+    pop_weight: float
+
+    def __post_init__(self) -> None:
+        n_src, n_tgt = len(self.src_item_ids), len(self.tgt_item_ids)
+        if not (len(self.names) == len(self.matrices) == len(self.weights)):
+            raise ValueError("names, matrices and weights must have one entry per component")
+        for name, matrix in zip(self.names, self.matrices):
+            if matrix.shape != (n_src, n_tgt):
+                raise ValueError(f"component {name}: shape {matrix.shape} != ({n_src}, {n_tgt})")
+        if self.popularity.shape != (n_tgt,):
+            raise ValueError(f"popularity {self.popularity.shape} != ({n_tgt},)")
+
+    def score(self, hist: Any) -> np.ndarray:
+        """``(n, n_tgt)`` float32 scores of ``hist``, a ``(n, n_src)`` sparse (or dense)
+        0/1 history matrix (source item positions)."""
+        import scipy.sparse as sp
+
+        hist = sp.csr_matrix(hist, dtype=np.float32)
+        if hist.shape[1] != len(self.src_item_ids):
+            raise ValueError(f"history has {hist.shape[1]} columns, not {len(self.src_item_ids)}")
+        out = np.zeros((hist.shape[0], len(self.tgt_item_ids)), np.float32)
+        for matrix, weight in zip(self.matrices, self.weights):
+            if weight == 0:
+                continue
+            part = np.asarray((hist @ matrix).todense(), dtype=np.float32)  # (n, n_tgt)
+            scale = np.abs(part).max(axis=1, keepdims=True)  # (n, 1)
+            np.divide(part, scale, out=part, where=scale > 0)
+            out += np.float32(weight) * part
+        if self.pop_weight:
+            top = float(self.popularity.max(initial=0.0))
+            if top > 0:
+                out += np.float32(self.pop_weight / top) * self.popularity[None, :]
+        return out
+
+    def history_matrix(self, histories: "list[np.ndarray]") -> Any:
+        """``(n, n_src)`` csr 0/1 matrix of per-user source item positions (``-1`` ignored)."""
+        import scipy.sparse as sp
+
+        rows = [np.unique(np.asarray(h, np.int64)) for h in histories]
+        rows = [r[r >= 0] for r in rows]
+        indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+        indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+        return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
+                             shape=(len(rows), len(self.src_item_ids)))

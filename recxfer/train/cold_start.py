@@ -2,8 +2,16 @@
 and returns target embeddings for the requested cold users plus the target's
 item embeddings.
 
-Methods: ``target_only`` (no transfer: popularity for cold users), ``emcdr``
-(MF per domain + mapping), ``shared`` (shared encoders + adaptation losses).
+Methods: ``popularity`` and ``target_only`` (no transfer: popularity for cold
+users), ``itemknn``, ``ease``, ``ridge``, ``userknn`` (item-to-item links from the
+overlapping users, scored from a source history), ``blend`` (the shipped default: a
+validation-weighted blend of ridge, itemknn, userknn and popularity), ``emcdr`` (MF
+per domain + mapping), ``ptupcdr`` (personalised bridge), ``shared`` (shared encoders
++ adaptation losses).
+
+Every method returns a ``TargetScorer``: ``score(rows)`` gives the ``(n, n_items)``
+scores of the cold users at ``rows``; embedding methods are ``TargetEmbeddings``,
+item-to-item ones ``HistoryScores``.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,10 +30,27 @@ from recxfer.train.device import resolve_device
 from recxfer.train.histories import build_multi_domain_index
 from recxfer.train.mf import MFConfig, train_mf
 from recxfer.train.shared import SharedTrainConfig, train_shared
+from recxfer.transfer.blend import (
+    BlendConfig,
+    FittedScorer,
+    fit_blend,
+    fit_ease,
+    fit_itemknn,
+    fit_ridge,
+    fit_userknn,
+)
+from recxfer.transfer.ease import EASEConfig
 from recxfer.transfer.emcdr import EMCDRConfig
+from recxfer.transfer.interactions import build_matrices
+from recxfer.transfer.itemknn import ItemKNNConfig
 from recxfer.transfer.ptupcdr import PTUPCDRConfig, apply_ptupcdr, fit_ptupcdr
+from recxfer.transfer.ridge import RidgeConfig
+from recxfer.transfer.userknn import UserKNNConfig
+from recxfer.types import ItemToItemScorer
 
-METHODS = ("target_only", "emcdr", "ptupcdr", "shared")
+ITEM_TO_ITEM = ("itemknn", "ease", "ridge", "userknn", "blend")
+METHODS = ("blend", "popularity", "target_only", *ITEM_TO_ITEM[:-1], "emcdr", "ptupcdr", "shared")
+DEFAULT_METHOD = "blend"
 
 
 @dataclass(frozen=True)
@@ -35,6 +61,11 @@ class ColdStartConfig:
     emcdr: EMCDRConfig = field(default_factory=EMCDRConfig)
     ptupcdr: PTUPCDRConfig = field(default_factory=PTUPCDRConfig)
     shared: SharedTrainConfig = field(default_factory=SharedTrainConfig)
+    itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
+    ease: EASEConfig = field(default_factory=EASEConfig)
+    ridge: RidgeConfig = field(default_factory=RidgeConfig)
+    userknn: UserKNNConfig = field(default_factory=UserKNNConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     device: str = "auto"
 
     def with_seed(self, seed: int) -> "ColdStartConfig":
@@ -68,9 +99,38 @@ class TargetEmbeddings:
     epochs_trained: int
     info: dict
 
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), n_items)`` float32 scores of the users at ``rows``."""
+        return np.asarray(self.user_emb[rows], np.float32) @ np.asarray(self.item_emb, np.float32).T
 
-# A validation scorer: (user_emb of the valid users, item_ids, item_emb) -> higher is better.
-Validator = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
+
+@dataclass(frozen=True)
+class HistoryScores:
+    """Scores of ``users`` are ``scorer.score(history[rows])``: an item-to-item method.
+
+    Attributes:
+        item_ids: ``(n_items,)`` target catalogue (= ``scorer.tgt_item_ids``).
+        user_ids: ``(n_users,)`` the cold users asked for, in order.
+        history: ``(n_users, n_src)`` csr 0/1 source histories.
+        scorer: the fitted, servable scorer.
+        info: what was chosen on validation.
+    """
+
+    item_ids: np.ndarray
+    user_ids: np.ndarray
+    history: Any
+    scorer: ItemToItemScorer
+    epochs_trained: int
+    info: dict
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), n_items)`` float32 scores of the users at ``rows``."""
+        return self.scorer.score(self.history[np.asarray(rows, np.int64)])
+
+
+TargetScorer = TargetEmbeddings | HistoryScores
+# Scores of the validation users: (score_fn(rows) -> (n, n_items), item_ids) -> higher is better.
+Validator = Callable[[Callable[[np.ndarray], np.ndarray], np.ndarray], float]
 
 
 def fit_cold_start(
@@ -82,22 +142,28 @@ def fit_cold_start(
     config: ColdStartConfig = ColdStartConfig(),
     valid_users: Sequence[str] = (),
     validator: Validator | None = None,
-) -> TargetEmbeddings:
-    """Fit ``method`` and embed ``cold_users`` (users with no target rows) in the target.
+) -> TargetScorer:
+    """Fit ``method`` and score ``cold_users`` (users with no target rows) in the target.
 
-    ``validator`` scores the ``valid_users``' embeddings; methods with epochs use it
-    for early stopping (only ``shared`` does so here).
+    ``validator`` scores the ``valid_users`` (in that order); ``shared`` uses it for
+    early stopping, the item-to-item methods to choose their hyper-parameters and
+    blend weights.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     cold_users = np.asarray(cold_users, dtype=object)
-    if method == "target_only":
+    if method in ITEM_TO_ITEM:
+        return _fit_item_to_item(method, train, source, target, cold_users, config,
+                                 np.asarray(valid_users, dtype=object), validator)
+    if method in ("target_only", "popularity"):
         matrix = domain_matrix(train, target)
-        result = train_mf(matrix, config.mf, resolve_device(config.device))
+        epochs = 0
+        if method == "target_only":  # the target MF is trained, but cold users have no row in it
+            epochs = len(train_mf(matrix, config.mf, resolve_device(config.device)).epoch_losses)
         popularity = matrix.item_popularity.astype(np.float32)[:, None]  # (I, 1)
         return TargetEmbeddings(
             matrix.items.ids, popularity, cold_users, np.ones((len(cold_users), 1), np.float32),
-            len(result.epoch_losses), {"note": "cold users have no target history: popularity"},
+            epochs, {"note": "cold users have no target history: popularity"},
         )
     if method == "emcdr":
         model = train_cross_domain(
@@ -119,8 +185,9 @@ def fit_cold_start(
     valid_pos = index.users.to_idx(valid_users) if len(valid_users) else None
 
     def validate(model) -> float:
-        user_emb = model.export_users(index.history_of(valid_pos))
-        return validator(user_emb, item_ids, model.export_items(sl.start, sl.stop))
+        user_emb = model.export_users(index.history_of(valid_pos))  # (n_valid, d)
+        item_emb = model.export_items(sl.start, sl.stop)  # (n_items, d)
+        return validator(lambda rows: user_emb[rows] @ item_emb.T, item_ids)
 
     result = train_shared(index, source, (target,), shared,
                           validate if validator is not None and valid_pos is not None else None)
@@ -131,6 +198,32 @@ def fit_cold_start(
         {"val_scores": result.val_scores, "epoch_losses": result.epoch_losses,
          "seconds_per_epoch": result.seconds_per_epoch, "device": result.device},
     )
+
+
+_FITTERS = {"itemknn": (fit_itemknn, "itemknn"), "ease": (fit_ease, "ease"),
+            "ridge": (fit_ridge, "ridge"), "userknn": (fit_userknn, "userknn"),
+            "blend": (fit_blend, "blend")}
+
+
+def _fit_item_to_item(
+    method: str, train: pd.DataFrame, source: str, target: str, cold_users: np.ndarray,
+    config: ColdStartConfig, valid_users: np.ndarray, validator: Validator | None,
+) -> HistoryScores:
+    matrices = build_matrices(train, source, target, extra_users=list(cold_users) + list(valid_users))
+    fit, field_name = _FITTERS[method]
+    valid_hist, score_validator = None, None
+    if validator is not None and len(valid_users):
+        valid_hist = matrices.src[matrices.user_rows(valid_users)]
+
+        def score_validator(scores: np.ndarray) -> float:
+            return validator(lambda rows: scores[rows], matrices.tgt_item_ids)
+
+    fitted: FittedScorer = fit(matrices, getattr(config, field_name), valid_hist, score_validator)
+    history = matrices.src[matrices.user_rows(cold_users)]
+    empty = np.diff(history.indptr) == 0
+    if empty.any():
+        raise ValueError(f"{int(empty.sum())} cold users have no source history")
+    return HistoryScores(matrices.tgt_item_ids, cold_users, history, fitted.scorer, 0, fitted.info)
 
 
 def _fit_ptupcdr(

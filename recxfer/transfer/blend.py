@@ -1,0 +1,175 @@
+"""``blend``: the shipped cold-start method. A validation-weighted sum of
+item-to-item evidence from three views of the overlapping users, plus popularity:
+
+* ``ridge``: the source → target regression (``transfer/ridge.py``),
+* ``itemknn``: shrunk cross-domain cosine (``transfer/itemknn.py``),
+* ``userknn``: source-history neighbours' target rows (``transfer/userknn.py``),
+* popularity of the target items.
+
+Each component's hyper-parameter is chosen on validation alone, then the weights
+from a small grid (each component max-normalised per user, ``ItemToItemScorer``).
+A component that cannot be built on this catalogue (``ridge`` above its
+``max_items``) is left out and said so in ``info``. Everything is chosen by the
+caller's ``validator`` on held-out rows; nothing of a dataset is fixed here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from recxfer.transfer.ease import CatalogueTooLargeError, EASEConfig, ease_matrices
+from recxfer.transfer.interactions import SourceTargetMatrices
+from recxfer.transfer.itemknn import ItemKNNConfig, itemknn_matrix
+from recxfer.transfer.ridge import RidgeConfig, ridge_matrices
+from recxfer.transfer.userknn import UserKNNConfig, userknn_matrix
+from recxfer.types import ItemToItemScorer
+
+log = logging.getLogger(__name__)
+
+# (n_valid, n_tgt) scores of the validation users -> higher is better.
+ScoreValidator = Callable[[np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """Components of the blend and the grids its weights are chosen from."""
+
+    components: tuple[str, ...] = ("ridge", "itemknn", "userknn")
+    ridge: RidgeConfig = field(default_factory=RidgeConfig)
+    itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
+    userknn: UserKNNConfig = field(default_factory=UserKNNConfig)
+    weight_grid: tuple[float, ...] = (0.0, 0.5, 1.0)
+    pop_grid: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.components) - {"ridge", "itemknn", "userknn"}
+        if unknown or not self.components:
+            raise ValueError(f"blend components must be some of ridge, itemknn, userknn; got {self.components}")
+        if not self.weight_grid or min(self.weight_grid) < 0 or min(self.pop_grid, default=0) < 0:
+            raise ValueError("blend weight grids must be non-empty and >= 0")
+
+
+@dataclass(frozen=True)
+class FittedScorer:
+    """A fitted item-to-item method: the servable scorer and what was chosen."""
+
+    scorer: ItemToItemScorer
+    info: dict
+
+
+def _scorer(m: SourceTargetMatrices, names, matrices, weights, pop_weight) -> ItemToItemScorer:
+    return ItemToItemScorer(m.src_item_ids, m.tgt_item_ids, tuple(names), tuple(matrices),
+                            tuple(float(w) for w in weights), m.target_popularity(), float(pop_weight))
+
+
+def _single(m: SourceTargetMatrices, name: str, candidates: dict[float, sp.csr_matrix],
+            valid_hist: sp.csr_matrix | None, validator: ScoreValidator | None,
+            default: float) -> tuple[float, sp.csr_matrix, dict[float, float]]:
+    """The candidate the validator scores best (``default`` without one)."""
+    if validator is None or valid_hist is None or len(candidates) == 1:
+        key = default if default in candidates else next(iter(candidates))
+        return key, candidates[key], {}
+    scores = {}
+    for key, matrix in candidates.items():
+        scores[key] = validator(_scorer(m, [name], [matrix], [1.0], 0.0).score(valid_hist))
+    best = max(scores, key=lambda k: (scores[k], -abs(k - default)))
+    return best, candidates[best], scores
+
+
+def fit_itemknn(m: SourceTargetMatrices, config: ItemKNNConfig = ItemKNNConfig(),
+                valid_hist: sp.csr_matrix | None = None,
+                validator: ScoreValidator | None = None) -> FittedScorer:
+    """``itemknn`` with ``shrink`` chosen on validation."""
+    grid = config.shrink_grid if validator is not None and config.shrink_grid else (config.shrink,)
+    candidates = {float(s): itemknn_matrix(m, s, config.top_n) for s in grid}
+    shrink, matrix, scores = _single(m, "itemknn", candidates, valid_hist, validator, config.shrink)
+    return FittedScorer(_scorer(m, ["itemknn"], [matrix], [1.0], 0.0),
+                        {"shrink": shrink, "valid": {str(k): v for k, v in scores.items()}})
+
+
+def fit_ease(m: SourceTargetMatrices, config: EASEConfig = EASEConfig(),
+             valid_hist: sp.csr_matrix | None = None,
+             validator: ScoreValidator | None = None) -> FittedScorer:
+    """``ease`` with ``l2`` chosen on validation."""
+    grid = config.l2_grid if validator is not None and config.l2_grid else (config.l2,)
+    candidates = ease_matrices(m, tuple(float(v) for v in grid), config.top_n, config.max_items)
+    l2, matrix, scores = _single(m, "ease", candidates, valid_hist, validator, config.l2)
+    return FittedScorer(_scorer(m, ["ease"], [matrix], [1.0], 0.0),
+                        {"l2": l2, "valid": {str(k): v for k, v in scores.items()}})
+
+
+def fit_ridge(m: SourceTargetMatrices, config: RidgeConfig = RidgeConfig(),
+              valid_hist: sp.csr_matrix | None = None,
+              validator: ScoreValidator | None = None) -> FittedScorer:
+    """``ridge`` with ``l2`` chosen on validation."""
+    grid = config.l2_grid if validator is not None and config.l2_grid else (config.l2,)
+    candidates = ridge_matrices(m, tuple(float(v) for v in grid), config.top_n, config.max_items)
+    l2, matrix, scores = _single(m, "ridge", candidates, valid_hist, validator, config.l2)
+    return FittedScorer(_scorer(m, ["ridge"], [matrix], [1.0], 0.0),
+                        {"l2": l2, "valid": {str(k): v for k, v in scores.items()}})
+
+
+def fit_userknn(m: SourceTargetMatrices, config: UserKNNConfig = UserKNNConfig(),
+                valid_hist: sp.csr_matrix | None = None,
+                validator: ScoreValidator | None = None) -> FittedScorer:
+    """``userknn`` (no hyper-parameter is searched)."""
+    matrix = userknn_matrix(m, config.alpha, config.top_n)
+    return FittedScorer(_scorer(m, ["userknn"], [matrix], [1.0], 0.0), {"alpha": config.alpha})
+
+
+def fit_blend(m: SourceTargetMatrices, config: BlendConfig = BlendConfig(),
+              valid_hist: sp.csr_matrix | None = None,
+              validator: ScoreValidator | None = None) -> FittedScorer:
+    """Fit each component (its own hyper-parameter on validation), then the weights.
+
+    Without a validator every component gets weight 1 and popularity 0.1.
+    """
+    fitters = {"ridge": lambda: fit_ridge(m, config.ridge, valid_hist, validator),
+               "itemknn": lambda: fit_itemknn(m, config.itemknn, valid_hist, validator),
+               "userknn": lambda: fit_userknn(m, config.userknn, valid_hist, validator)}
+    names, matrices, info = [], [], {"components": {}, "skipped": {}}
+    for name in config.components:
+        try:
+            fitted = fitters[name]()
+        except CatalogueTooLargeError as exc:
+            log.info("blend: %s left out: %s", name, exc)
+            info["skipped"][name] = str(exc)
+            continue
+        names.append(name)
+        matrices.append(fitted.scorer.matrices[0])
+        info["components"][name] = fitted.info
+    if validator is None or valid_hist is None:
+        weights, pop_weight = [1.0] * len(names), 0.1
+    else:
+        weights, pop_weight, info["valid"] = _search_weights(m, names, matrices, valid_hist,
+                                                            validator, config)
+    info["weights"] = dict(zip(names, weights))
+    info["pop_weight"] = pop_weight
+    return FittedScorer(_scorer(m, names, matrices, weights, pop_weight), info)
+
+
+def _search_weights(m, names, matrices, valid_hist, validator, config):
+    """Grid search of component and popularity weights on validation: each
+    component's normalised validation scores are computed once."""
+    parts = [_scorer(m, [n], [x], [1.0], 0.0).score(valid_hist) for n, x in zip(names, matrices)]
+    pop = _scorer(m, [], [], [], 1.0).score(valid_hist)  # (n_valid, n_tgt)
+    best, best_key, tried = -np.inf, None, 0
+    for weights in itertools.product(config.weight_grid, repeat=len(names)):
+        if max(weights) == 0:
+            continue
+        for pop_weight in config.pop_grid or (0.0,):
+            scores = sum(np.float32(w) * p for w, p in zip(weights, parts) if w) + np.float32(pop_weight) * pop
+            value = validator(scores)
+            tried += 1
+            # ties: the simpler blend (fewer, smaller weights) wins
+            key = (value, -sum(weights) - pop_weight)
+            if best_key is None or key > best_key:
+                best_key, best = key, (list(weights), float(pop_weight), value)
+    weights, pop_weight, value = best
+    return weights, pop_weight, {"best": value, "tried": tried}
