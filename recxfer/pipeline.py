@@ -5,6 +5,7 @@ write the artifact → publish. ``cli``, ``jobs/`` and the nightly job
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,15 +23,18 @@ from recxfer.artifacts import (
     ArtifactError,
     index_file,
     load_domain,
+    load_transfer,
     prune,
     publish,
     read_artifact,
     save_domain,
+    save_transfer,
     write_artifact,
 )
 from recxfer.config import from_dict, to_dict
 from recxfer.data import ColdStartSplit, CrossDomainData, cold_start_split, load_data_dir
 from recxfer.eval import DEFAULT_KS, evaluate_cold_start
+from recxfer.eval.protocol import full_ranking_metrics_scores
 from recxfer.index import FaissIndex, build_index, index_recall
 from recxfer.train import CrossDomainConfig, CrossDomainModel, MFConfig, train_cross_domain
 from recxfer.train.shared import SharedTrainConfig
@@ -39,9 +43,11 @@ from recxfer.train.shared_domains import (
     SharedJobConfig,
     train_shared_cross_domain,
 )
+from recxfer.train.transfer_fit import fit_domain_transfer
 from recxfer.train.warm_start import SharedWarmStart, load_weights, save_weights
+from recxfer.transfer.blend import BlendConfig
 from recxfer.transfer.shared import SharedModelConfig
-from recxfer.types import DomainEmbeddings
+from recxfer.types import DomainEmbeddings, DomainTransfer
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +81,22 @@ class IndexConfig:
     recall_ks: tuple[int, ...] = (10, 100)
 
 
-METHODS = ("shared", "emcdr")
+METHODS = ("blend", "shared", "emcdr")
 
 
 @dataclass(frozen=True)
 class JobConfig:
     """Everything the main job needs; stored in each artifact's manifest.
 
-    ``method`` is ``"shared"`` (shared user encoder; ``shared`` configures it) or
-    ``"emcdr"`` (MF per domain + mapping; ``train.mf``/``train.emcdr``). ``train``
-    also names the source and target domains for both.
+    ``method`` is ``"blend"`` (the default: the ``shared`` embeddings for every
+    user and item, plus per target the item-to-item transfer ``blend`` configures,
+    which scores the cold users from their source history), ``"shared"`` (shared
+    user encoder; ``shared`` configures it) or ``"emcdr"`` (MF per domain + mapping;
+    ``train.mf``/``train.emcdr``). ``train`` also names the source and target
+    domains for all.
     """
 
-    method: str = "shared"
+    method: str = "blend"
     train: CrossDomainConfig = field(
         default_factory=lambda: CrossDomainConfig(mf=MFConfig(epochs=20, batch_size=512, lr=0.02))
     )
@@ -97,6 +106,7 @@ class JobConfig:
                               lr=5e-3, max_history=50, patience=4)
         )
     )
+    blend: BlendConfig = field(default_factory=BlendConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     ks: tuple[int, ...] = DEFAULT_KS
@@ -181,10 +191,53 @@ def train_model(
         return float(sum(scores) / len(scores)) if scores else 0.0
 
     has_valid = valid is not None and any(len(valid[t]) for t in config.train.targets)
-    return train_shared_cross_domain(
+    model = train_shared_cross_domain(
         train, config.train.source, config.train.targets, config.shared, items, text_cache,
         validator if has_valid else None, checkpoint_dir=checkpoint_dir, warm=warm,
     )
+    if config.method == "blend":
+        model = dataclasses.replace(model, transfers=train_transfers(train, config, model, valid))
+    return model
+
+
+def selection_objective(metrics: Mapping[str, float]) -> float:
+    """What validation maximises for the transfer: mean of full-ranking NDCG@10,
+    HR@10 and recall@50 (the figures the product is judged by)."""
+    return (metrics["ndcg@10"] + metrics["hr@10"] + metrics["recall@50"]) / 3
+
+
+def train_transfers(
+    train: pd.DataFrame, config: JobConfig, model: CrossDomainModel,
+    valid: Mapping[str, pd.DataFrame] | None,
+) -> dict[str, DomainTransfer]:
+    """Per target, the ``blend`` item-to-item transfer from the source, chosen on the
+    target's validation cold users (when any) and aligned to ``model``'s tables."""
+    source = config.train.source
+    out = {}
+    for target in config.train.targets:
+        rows = valid[target] if valid is not None and target in valid else None
+        users = np.sort(rows["user_id"].unique()) if rows is not None and len(rows) else np.zeros(0, object)
+        # validation users need a source history to be scored by the transfer
+        has_source = set(train.loc[train["domain"] == source, "user_id"])
+        users = np.array([u for u in users if u in has_source], dtype=object)
+
+        def validator(scores: np.ndarray, item_ids: np.ndarray, rows=rows, users=users) -> float:
+            groups = rows.groupby("user_id")["item_id"].unique().reindex(users)
+            index = pd.Index(item_ids)
+            relevant = [index.get_indexer(items)[index.get_indexer(items) >= 0] for items in groups]
+            n_rel = np.array([len(items) for items in groups])
+            metrics = full_ranking_metrics_scores(lambda r: scores[r], len(users), relevant,
+                                                  (10, 50), n_relevant=n_rel)
+            return selection_objective(metrics)
+
+        transfer, info = fit_domain_transfer(
+            train, source, target, config.blend, model.domains[source].item_ids,
+            model.domains[target].item_ids, users, validator if len(users) else None,
+        )
+        log.info("%s -> %s transfer: weights %s, popularity %.2f", source, target,
+                 info.get("weights"), info.get("pop_weight", 0.0))
+        out[target] = transfer
+    return out
 
 
 def evaluate_cold_start_targets(
@@ -192,7 +245,8 @@ def evaluate_cold_start_targets(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Cold-start test metrics of every target: ``target -> method -> metric -> value``."""
     return {
-        target: evaluate_cold_start(model.domains[target], split.test[target], config.ks)
+        target: evaluate_cold_start(model.domains[target], split.test[target], config.ks,
+                                    model.transfers.get(target), model.domains[config.train.source])
         for target in config.train.targets
     }
 
@@ -248,10 +302,16 @@ def write_model_artifact(
                 "dim": int(emb.item_emb.shape[1]),
                 "index": index_meta,
             }
+        for target, transfer in model.transfers.items():
+            save_transfer(builder.path, transfer)
+            domains_meta[target]["transfer"] = {"source": transfer.source}
         builder.metrics.update(metrics)
         builder.extra.update(
             {"domains": domains_meta, "device": model.device, "epoch_losses": model.epoch_losses,
-             "user_encoder": _save_user_encoder(builder.path, model, config)}
+             "user_encoder": _save_user_encoder(builder.path, model, config),
+             "transfer": {t: {"source": tr.source, "names": list(tr.scorer.names),
+                              "weights": list(tr.scorer.weights), "pop_weight": tr.scorer.pop_weight}
+                          for t, tr in model.transfers.items()}}
         )
         builder.extra.update(extra or {})
         if add_files is not None:
@@ -360,7 +420,20 @@ def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[s
     if data.fingerprint != artifact.manifest["data_fingerprint"]:
         log.warning("data in %s differs from the data the artifact was trained on", data_dir)
     split = split_data(data, config)
-    return {
-        target: evaluate_cold_start(load_domain(artifact, target), split.test[target], config.ks)
-        for target in config.train.targets
-    }
+    source = load_domain(artifact, config.train.source)
+    out = {}
+    for target in config.train.targets:
+        emb = load_domain(artifact, target)
+        out[target] = evaluate_cold_start(emb, split.test[target], config.ks,
+                                          artifact_transfer(artifact, target, source, emb), source)
+    return out
+
+
+def artifact_transfer(
+    artifact: Artifact, target: str, source: DomainEmbeddings, emb: DomainEmbeddings
+) -> DomainTransfer | None:
+    """The artifact's transfer into ``target`` (``None`` when it has none)."""
+    entry = (artifact.manifest.get("transfer") or {}).get(target)
+    if not entry or entry.get("source") != source.domain:
+        return None
+    return load_transfer(artifact, target, source.item_ids, emb.item_ids)

@@ -188,3 +188,21 @@ class ItemToItemScorer:
         indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
         return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
                              shape=(len(rows), len(self.src_item_ids)))
+
+
+@dataclass(frozen=True)
+class DomainTransfer:
+    """Item-to-item transfer into one target domain, aligned to an artifact's tables:
+    row ``i`` of every matrix is item ``i`` of the source domain's item table, column
+    ``j`` item ``j`` of the target's. A user without target history but with a source
+    history (a known cold user, or a history given at query time) is scored by it.
+
+    Attributes:
+        source: the source domain.
+        target: the target domain.
+        scorer: ``scorer.src_item_ids`` / ``tgt_item_ids`` equal the two item tables.
+    """
+
+    source: str
+    target: str
+    scorer: ItemToItemScorer

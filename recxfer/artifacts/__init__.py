@@ -1,7 +1,15 @@
 """Artifacts: the versioned hand-off from training to serving."""
 
 from recxfer.artifacts.errors import ArtifactError
-from recxfer.artifacts.layout import domain_dir, index_file, load_domain, save_domain
+from recxfer.artifacts.layout import (
+    domain_dir,
+    index_file,
+    load_domain,
+    load_transfer,
+    save_domain,
+    save_transfer,
+    transfer_dir,
+)
 from recxfer.artifacts.lock import LockHeldError, LockInfo, RootLock, read_lock
 from recxfer.artifacts.store import (
     CURRENT,
@@ -34,6 +42,7 @@ __all__ = [
     "index_file",
     "list_versions",
     "load_domain",
+    "load_transfer",
     "new_version",
     "prune",
     "publish",
@@ -41,5 +50,7 @@ __all__ = [
     "read_lock",
     "rollback",
     "save_domain",
+    "save_transfer",
+    "transfer_dir",
     "write_artifact",
 ]

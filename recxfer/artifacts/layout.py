@@ -12,6 +12,13 @@ ids as JSON lists of strings)::
     domains/D/seen_indptr.npy    (n_users + 1,) int64
     domains/D/seen_indices.npy   (nnz,) int64
     domains/D/index.faiss        optional, written by the index stage
+
+Per target ``T`` with an item-to-item transfer (``DomainTransfer``), aligned to the
+source's and the target's item tables::
+
+    transfer/T/meta.json         {"source", "names", "weights", "pop_weight"}
+    transfer/T/popularity.npy    (n_tgt,) float32
+    transfer/T/<name>_{indptr,indices,data}.npy   csr (n_src, n_tgt) per component
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 
 from recxfer.artifacts.errors import ArtifactError
 from recxfer.artifacts.store import Artifact
-from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
+from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems, UserOrigin
 
 _DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ORIGINS = (UserOrigin.WARM.value, UserOrigin.TRANSFER.value)
@@ -109,3 +116,66 @@ def load_domain(artifact: Artifact, domain: str) -> DomainEmbeddings:
         )
     except (ValueError, IndexError, OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{artifact.path}: domain {domain!r} cannot be loaded: {exc}") from exc
+
+
+def transfer_dir(target: str) -> str:
+    """Relative folder of a target's item-to-item transfer."""
+    return "transfer/" + domain_dir(target).split("/", 1)[1]
+
+
+def save_transfer(folder: Path, transfer: DomainTransfer) -> None:
+    """Write ``transfer`` under ``folder/transfer/<target>/``."""
+    out = folder / transfer_dir(transfer.target)
+    out.mkdir(parents=True, exist_ok=True)
+    scorer = transfer.scorer
+    for name, matrix in zip(scorer.names, scorer.matrices):
+        if not _DOMAIN_RE.fullmatch(name):
+            raise ValueError(f"component name {name!r} must match {_DOMAIN_RE.pattern}")
+        csr = matrix.tocsr()
+        np.save(out / f"{name}_indptr.npy", csr.indptr.astype(np.int64), allow_pickle=False)
+        np.save(out / f"{name}_indices.npy", csr.indices.astype(np.int32), allow_pickle=False)
+        np.save(out / f"{name}_data.npy", csr.data.astype(np.float32), allow_pickle=False)
+    np.save(out / "popularity.npy", scorer.popularity.astype(np.float32), allow_pickle=False)
+    (out / "meta.json").write_text(json.dumps({
+        "source": transfer.source, "names": list(scorer.names),
+        "weights": [float(w) for w in scorer.weights], "pop_weight": float(scorer.pop_weight),
+    }))
+
+
+def load_transfer(
+    artifact: Artifact, target: str, src_item_ids: np.ndarray, tgt_item_ids: np.ndarray
+) -> DomainTransfer:
+    """Read a target's transfer; its matrices must fit the two item tables.
+
+    Raises:
+        ArtifactError: a file is missing or inconsistent.
+    """
+    import scipy.sparse as sp
+
+    base = transfer_dir(target)
+    where = f"{artifact.path}: transfer into {target!r}"
+    try:
+        meta = json.loads(artifact.file(f"{base}/meta.json").read_text())
+        names, weights = meta["names"], meta["weights"]
+        if not (isinstance(names, list) and isinstance(weights, list) and len(names) == len(weights)):
+            raise ArtifactError(f"{where}: meta.json names/weights must be lists of one length")
+        shape = (len(src_item_ids), len(tgt_item_ids))
+        matrices = []
+        for name in names:
+            parts = [np.load(artifact.file(f"{base}/{name}_{p}.npy"), allow_pickle=False)
+                     for p in ("indptr", "indices", "data")]
+            indptr, indices, data = parts
+            if (indptr.shape != (shape[0] + 1,) or indptr[0] != 0 or indptr[-1] != len(indices)
+                    or len(indices) != len(data) or np.any(np.diff(indptr) < 0)
+                    or (len(indices) and (indices.min() < 0 or indices.max() >= shape[1]))):
+                raise ArtifactError(f"{where}: component {name!r} does not fit the item tables {shape}")
+            matrices.append(sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=shape))
+        popularity = np.load(artifact.file(f"{base}/popularity.npy"), allow_pickle=False)
+        scorer = ItemToItemScorer(src_item_ids, tgt_item_ids, tuple(str(n) for n in names),
+                                  tuple(matrices), tuple(float(w) for w in weights),
+                                  popularity.astype(np.float32), float(meta["pop_weight"]))
+        return DomainTransfer(str(meta["source"]), target, scorer)
+    except ArtifactError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{where} cannot be loaded: {exc}") from exc

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics
-from recxfer.types import DomainEmbeddings
+from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics, full_ranking_metrics_scores
+from recxfer.eval.scoring import domain_score_fn
+from recxfer.types import DomainEmbeddings, DomainTransfer
 
 UNKNOWN_USER_POLICIES = ("error", "popularity", "miss")
 
@@ -32,6 +33,8 @@ def evaluate_heldout(
     ks: Sequence[int] = DEFAULT_KS,
     exclude: pd.DataFrame | None = None,
     unknown_users: str = "error",
+    transfer: DomainTransfer | None = None,
+    source: DomainEmbeddings | None = None,
 ) -> dict[str, dict[str, float]]:
     """Full-ranking metrics of the held-out users, for the model and for popularity.
 
@@ -47,6 +50,8 @@ def evaluate_heldout(
             training popularity (what a service falling back to popularity would
             answer), ``"miss"`` scores zero on every metric (what a service that
             answers "not found" delivers).
+        transfer, source: the domain's item-to-item transfer and its source tables
+            (cold users with a source history are scored by it, as served).
 
     Returns:
         ``{"model": metrics, "popularity": metrics}``; metrics as in
@@ -84,24 +89,17 @@ def evaluate_heldout(
     popularity = full_ranking_metrics(pop_users, popularity_col, relevant, ks, banned, n_relevant)
 
     n_known = int(known.sum())
-    if n_known == len(rows):
-        model = full_ranking_metrics(emb.user_emb[rows], emb.item_emb, relevant, ks, banned, n_relevant)
-    elif unknown_users == "popularity":
-        # Score = <user, item> for known users and = popularity for unknown ones, in
-        # one ranking: users get [emb, 0] or [0, 1], items [emb, popularity].
-        dim = emb.item_emb.shape[1]
-        users = np.zeros((len(rows), dim + 1), dtype=np.float32)  # (n_users, d + 1)
-        users[known, :dim] = emb.user_emb[rows[known]]
-        users[~known, dim] = 1.0
-        items = np.concatenate([emb.item_emb.astype(np.float32), popularity_col], axis=1)
-        model = full_ranking_metrics(users, items, relevant, ks, banned, n_relevant)
+    score = domain_score_fn(emb, transfer, source)  # row -1: popularity
+    if n_known == len(rows) or unknown_users == "popularity":
+        model = full_ranking_metrics_scores(lambda r: score(rows[r]), len(rows), relevant, ks,
+                                            banned, n_relevant)
     elif n_known == 0:  # "miss" and nobody known: every metric is zero
         model = {key: 0.0 for key in popularity}
         model["users"] = float(len(rows))
     else:  # "miss": mean over the known users, unknown users add zeros
         pick = np.flatnonzero(known)
-        model = full_ranking_metrics(
-            emb.user_emb[rows[pick]], emb.item_emb, [relevant[i] for i in pick], ks,
+        model = full_ranking_metrics_scores(
+            lambda r: score(rows[pick[r]]), len(pick), [relevant[i] for i in pick], ks,
             [banned[i] for i in pick], n_relevant[pick],
         )
         share = n_known / len(rows)

@@ -61,6 +61,8 @@ from recxfer.nightly.config import NightlyConfig, load_nightly_config
 from recxfer.nightly.gate import GateDecision, decide
 from recxfer.pipeline import (
     TEXT_CACHE,
+    JobConfig,
+    artifact_transfer,
     load_shared_warm_start,
     publish_and_prune,
     split_data,
@@ -68,7 +70,7 @@ from recxfer.pipeline import (
     write_model_artifact,
 )
 from recxfer.train import CrossDomainModel
-from recxfer.types import DomainEmbeddings
+from recxfer.types import DomainEmbeddings, DomainTransfer
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,28 @@ def production_domains(artifact: Artifact | None, domains: list[str]) -> dict[st
     return out
 
 
+def production_transfers(
+    artifact: Artifact | None, domains: dict[str, DomainEmbeddings], job: JobConfig
+) -> dict[str, DomainTransfer]:
+    """Production's item-to-item transfers into the job's targets (those it has and
+    can load; one it cannot is logged and left out, as for a domain)."""
+    source = domains.get(job.train.source)
+    if artifact is None or source is None:
+        return {}
+    out = {}
+    for target in job.train.targets:
+        if target not in domains:
+            continue
+        try:
+            transfer = artifact_transfer(artifact, target, source, domains[target])
+        except (ArtifactError, ValueError) as exc:
+            log.warning("production %s has no usable transfer into %s: %s", artifact.version, target, exc)
+            continue
+        if transfer is not None:
+            out[target] = transfer
+    return out
+
+
 def hold_out_warm(
     train: pd.DataFrame, targets: tuple[str, ...], seed: int
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -213,12 +237,16 @@ def evaluate_models(
     train: pd.DataFrame,
     production: dict[str, DomainEmbeddings],
     config: NightlyConfig,
+    production_transfers: dict[str, DomainTransfer] | None = None,
 ) -> tuple[Results, dict[str, dict[str, dict[str, Any]]]]:
     """The new model, production and popularity on the same held-out rows.
 
     Each user's training rows in this split are excluded from every model's
     ranking. Held-out users production does not know are scored by the
     ``unknown_users`` policy.
+
+    Cold users are scored as served: by the target's item-to-item transfer where
+    the model (``model.transfers``) or production (``production_transfers``) has one.
 
     Returns:
         ``(results, scores)``: ``group -> target -> method -> metrics`` and
@@ -227,18 +255,21 @@ def evaluate_models(
     ks = config.eval_ks
     results: Results = {"cold_start": {}, "warm": {}}
     scores: dict[str, dict[str, dict[str, Any]]] = {}
+    source = config.job.train.source
     for target in config.job.train.targets:
         exclude = train.loc[train["domain"] == target, ["user_id", "item_id"]]
         new = model.domains[target]
         for group, heldout in (("cold_start", cold_test.get(target)), ("warm", warm_test.get(target))):
             if heldout is None or heldout.empty:
                 continue
-            row = evaluate_heldout(new, heldout, ks, exclude=exclude)
+            row = evaluate_heldout(new, heldout, ks, exclude=exclude,
+                                   transfer=model.transfers.get(target), source=model.domains[source])
             methods = {"model": row["model"], "popularity": row["popularity"]}
             if target in production:
                 methods["production"] = evaluate_heldout(
                     production[target], heldout, ks, exclude=exclude,
                     unknown_users=config.nightly.unknown_users,
+                    transfer=(production_transfers or {}).get(target), source=production.get(source),
                 )["model"]
             results[group][target] = methods
         parts = [f for f in (cold_test.get(target), warm_test.get(target)) if f is not None]
@@ -372,7 +403,8 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
             )
         # emcdr warm-starts from production's embeddings, shared from its weights.
         init = prod_domains if (opts.warm_start and prod_domains and job.method == "emcdr") else None
-        warm = load_shared_warm_start(prod) if (opts.warm_start and job.method == "shared") else None
+        warm = (load_shared_warm_start(prod)
+                if (opts.warm_start and job.method in ("shared", "blend")) else None)
         warm_from = prod.version if prod is not None and (init or warm is not None) else None
         key = work_key(data, config, warm_from)
         work = root / WORK_DIR / key
@@ -389,7 +421,8 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
             if resumed:
                 log.info("resumed from checkpoints: %s", resumed)
         with steps("evaluate"):
-            results, scores = evaluate_models(model, split.test, warm_test, train, prod_domains, config)
+            results, scores = evaluate_models(model, split.test, warm_test, train, prod_domains, config,
+                                              production_transfers(prod, prod_domains, job))
         with steps("gate"):
             decision = decide(
                 results, opts.gate, job.train.targets, has_production=bool(prod_domains), force=force

@@ -17,7 +17,7 @@ from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.device import resolve_device
 from recxfer.train.mf import MFConfig, MFInit, MFResult, train_mf
 from recxfer.transfer.emcdr import EMCDRConfig, apply_emcdr, fit_emcdr
-from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
+from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin, DomainTransfer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class CrossDomainModel:
         device: the device used, e.g. ``"cpu"``.
         resumed_from: domain -> MF epochs read from a checkpoint (0 when none).
         warm_rows: domain -> ``(users, items)`` rows warm-started from ``init``.
+        transfers: target -> item-to-item transfer scoring its cold users (``blend``).
     """
 
     domains: dict[str, DomainEmbeddings]
@@ -50,6 +51,7 @@ class CrossDomainModel:
     device: str
     resumed_from: dict[str, int] = field(default_factory=dict)
     warm_rows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    transfers: dict[str, DomainTransfer] = field(default_factory=dict)
 
 
 def _warm_embeddings(matrix: DomainMatrix, result: MFResult) -> DomainEmbeddings:

@@ -24,7 +24,7 @@ class RidgeConfig:
     """``l2`` chosen on validation from ``l2_grid`` when non-empty."""
 
     l2: float = 100.0
-    l2_grid: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0)
+    l2_grid: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
     top_n: int = 200
     max_items: int = 8_000
 

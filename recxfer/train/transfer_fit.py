@@ -1,0 +1,68 @@
+"""Fit the item-to-item transfer of one target for the product job and align it
+to the artifact's item tables (the conversion from the training form to the
+servable ``DomainTransfer``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recxfer.transfer.blend import BlendConfig, fit_blend
+from recxfer.transfer.interactions import build_matrices
+from recxfer.types import DomainTransfer, ItemToItemScorer
+
+# (n_valid, n_tgt) scores of the validation users, columns in the *matrices'* target
+# order (``tgt_item_ids``), -> higher is better.
+ScoresValidator = Callable[[np.ndarray, np.ndarray], float]
+
+
+def align_scorer(scorer: ItemToItemScorer, src_item_ids: np.ndarray, tgt_item_ids: np.ndarray) -> ItemToItemScorer:
+    """``scorer`` re-indexed onto other item tables: rows onto ``src_item_ids``,
+    columns onto ``tgt_item_ids`` (items the scorer lacks get zero rows/columns,
+    items the tables lack are dropped)."""
+    row_of = pd.Index(scorer.src_item_ids).get_indexer(pd.Index(src_item_ids))  # (n_src',)
+    col_of = pd.Index(tgt_item_ids).get_indexer(pd.Index(scorer.tgt_item_ids))  # (n_tgt,)
+    rows_have = np.flatnonzero(row_of >= 0)
+    pick = sp.csr_matrix((np.ones(len(rows_have), np.float32), (rows_have, row_of[rows_have])),
+                         shape=(len(src_item_ids), len(scorer.src_item_ids)))
+    cols_have = np.flatnonzero(col_of >= 0)
+    place = sp.csr_matrix((np.ones(len(cols_have), np.float32), (cols_have, col_of[cols_have])),
+                          shape=(len(scorer.tgt_item_ids), len(tgt_item_ids)))
+    matrices = tuple(sp.csr_matrix(pick @ m @ place, dtype=np.float32) for m in scorer.matrices)
+    popularity = np.zeros(len(tgt_item_ids), np.float32)
+    popularity[col_of[cols_have]] = scorer.popularity[cols_have]
+    return ItemToItemScorer(np.asarray(src_item_ids, dtype=object), np.asarray(tgt_item_ids, dtype=object),
+                            scorer.names, matrices, scorer.weights, popularity, scorer.pop_weight)
+
+
+def fit_domain_transfer(
+    train: pd.DataFrame,
+    source: str,
+    target: str,
+    config: BlendConfig,
+    src_item_ids: np.ndarray,
+    tgt_item_ids: np.ndarray,
+    valid_users: Sequence[str] = (),
+    validator: ScoresValidator | None = None,
+) -> tuple[DomainTransfer, dict]:
+    """The ``blend`` transfer ``source -> target`` on ``train``, chosen on the
+    ``valid_users`` by ``validator(scores, tgt_item_ids)``, aligned to the tables.
+
+    Returns:
+        ``(transfer, info)``: info says what validation chose.
+    """
+    valid_users = np.asarray(list(valid_users), dtype=object)
+    matrices = build_matrices(train, source, target, extra_users=list(valid_users))
+    valid_hist, score_validator = None, None
+    if validator is not None and len(valid_users):
+        valid_hist = matrices.src[matrices.user_rows(valid_users)]
+
+        def score_validator(scores: np.ndarray) -> float:
+            return validator(scores, matrices.tgt_item_ids)
+
+    fitted = fit_blend(matrices, config, valid_hist, score_validator)
+    scorer = align_scorer(fitted.scorer, src_item_ids, tgt_item_ids)
+    return DomainTransfer(source, target, scorer), fitted.info
