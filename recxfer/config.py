@@ -10,8 +10,17 @@ T = TypeVar("T")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A dataclass instance as nested dicts/lists."""
-    return dataclasses.asdict(config)
+    """A dataclass instance as nested dicts/lists (tuples become lists: what JSON
+    gives back, so a stored config equals its re-read self)."""
+    return _lists(dataclasses.asdict(config))
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
