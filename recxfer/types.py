@@ -184,6 +184,10 @@ class ItemToItemScorer:
 
         rows = [np.unique(np.asarray(h, np.int64)) for h in histories]
         rows = [r[r >= 0] for r in rows]
+        n_src = len(self.src_item_ids)
+        bad = [r[-1] for r in rows if len(r) and r[-1] >= n_src]
+        if bad:
+            raise ValueError(f"history position {int(bad[0])} is outside the source catalogue of {n_src}")
         indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
         indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
         return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),

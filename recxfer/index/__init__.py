@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from recxfer.index.base import ItemIndex
+from recxfer.index.dense_topk import topk_dense
 from recxfer.index.exact import ExactIndex, cuda_available
 from recxfer.index.faiss_index import (
     FaissIndex,
@@ -75,4 +76,5 @@ __all__ = [
     "recall_vs_exact",
     "set_search_threads",
     "topk_among",
+    "topk_dense",
 ]

@@ -1,27 +1,37 @@
 """The serving model: an artifact's domains loaded for search. Read-only once built.
 
-Every search path goes through ``DomainServing.search``, which answers many
+Every embedding search goes through ``DomainServing.search``, which answers many
 queries of one domain with one index call (``BatchRecommend`` and ``Recommend``
 share it), and restricts allow-listed queries to their candidates exactly.
+
+A target domain with an item-to-item transfer (``DomainTransfer``, stored under
+``transfer/<target>/`` and listed in the manifest's ``"transfer"``) scores its
+cold-start users from their source history instead: a known ``transfer`` user
+with a source history in ``Recommend``/``BatchRecommend``, and every
+``RecommendFromHistory`` from that source. Those answers are the exact top-k of
+``scorer.score`` (``transfer_search``), the same formula as offline evaluation.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from recxfer.artifacts import Artifact, ArtifactError, load_domain, read_artifact
-from recxfer.index import ItemIndex, load_index, topk_among
+from recxfer.artifacts import Artifact, ArtifactError, load_domain, load_transfer, read_artifact
+from recxfer.index import ItemIndex, load_index, topk_among, topk_dense
 from recxfer.serve.history import HistoryEncoder
-from recxfer.types import DomainEmbeddings, UserOrigin
+from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, UserOrigin
 
 log = logging.getLogger(__name__)
 
 POPULARITY = "popularity"  # user_origin of a popularity-fallback answer
+# Dense transfer scores held at once (floats): a batch is scored in one
+# ``scorer.score`` call unless ``n_queries * n_target_items`` exceeds this (64 MiB).
+TRANSFER_SCORE_BUDGET = 1 << 24
 
 
 class UnknownDomainError(KeyError):
@@ -33,7 +43,8 @@ class UnknownUserError(KeyError):
 
 
 class NoHistoryEncoderError(RuntimeError):
-    """The artifact cannot embed a new history (its method is not inductive)."""
+    """The artifact cannot answer a new history: its method is not inductive and it
+    has no item-to-item transfer from that source into that target."""
 
 
 class UnknownItemError(KeyError):
@@ -197,13 +208,57 @@ class DomainServing:
         return idx, self.emb.item_popularity[idx].astype(np.float32)
 
 
+def transfer_search(
+    scorer: ItemToItemScorer,
+    histories: Sequence[np.ndarray],
+    ks: Sequence[int],
+    exclude: Sequence[np.ndarray],
+    allow: Sequence[np.ndarray | None],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Top-``ks[i]`` target items of each source history through ``scorer``.
+
+    The histories are scored in one ``scorer.score`` call (in chunks only past
+    ``TRANSFER_SCORE_BUDGET`` floats), then cut exactly: score descending, ties by
+    lower target position, ``exclude`` removed, ``allow`` applied.
+
+    Args:
+        histories: ``n`` arrays of source item positions (duplicates ignored).
+        ks: ``n`` values of k, each ``>= 1``.
+        exclude: ``n`` arrays of target positions never returned.
+        allow: ``n`` entries, ``None`` or the target positions that may be returned.
+
+    Returns:
+        ``n`` pairs ``(idx (k',), scores (k',) float32)``, best first; ``k' < k``
+        only when fewer items are admissible.
+    """
+    n, n_tgt = len(histories), len(scorer.tgt_item_ids)
+    step = max(1, TRANSFER_SCORE_BUDGET // max(1, n_tgt))
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, n, step):
+        rows = range(start, min(n, start + step))
+        scores = scorer.score(scorer.history_matrix([histories[i] for i in rows]))  # (m, n_tgt)
+        k_max = min(max(ks[i] for i in rows), max(1, n_tgt))
+        result = topk_dense(scores, k_max, [exclude[i] for i in rows], [allow[i] for i in rows])
+        for out_row, i in enumerate(rows):
+            idx, top = result.idx[out_row, : ks[i]], result.scores[out_row, : ks[i]]
+            keep = idx >= 0
+            out.append((idx[keep], top[keep]))
+    return out
+
+
 @dataclass(frozen=True)
 class ServingModel:
-    """All domains of one artifact."""
+    """All domains of one artifact.
+
+    Attributes:
+        transfers: target domain -> its item-to-item transfer (empty for artifacts
+            without one; their answers are unchanged).
+    """
 
     version: str
     domains: dict[str, DomainServing]
     history_encoder: HistoryEncoder | None = None
+    transfers: dict[str, DomainTransfer] = field(default_factory=dict)
 
     @classmethod
     def from_artifact(cls, path: str | Path, device: str = "auto") -> "ServingModel":
@@ -217,25 +272,30 @@ class ServingModel:
             device: ``"auto"`` or ``"cpu"``.
 
         Raises:
-            ArtifactError: the artifact is missing, partial, corrupt, or its
-                index disagrees with its tables.
+            ArtifactError: the artifact is missing, partial, corrupt, its index
+                disagrees with its tables, or a transfer is malformed or does not
+                fit its domains' item tables.
         """
         artifact = read_artifact(path)
         listed = artifact.manifest.get("domains")
         if not isinstance(listed, dict) or not listed:
             raise ArtifactError(f"{artifact.path}: manifest lists no servable 'domains'")
         domains = {name: _load_domain(artifact, name, device) for name in listed}
-        model = cls(artifact.version, domains, HistoryEncoder.from_artifact(artifact))
+        model = cls(artifact.version, domains, HistoryEncoder.from_artifact(artifact),
+                    _load_transfers(artifact, domains))
         model.self_check(artifact.path)
-        log.info("loaded artifact %s (%s)", artifact.version, ", ".join(domains),
+        log.info("loaded artifact %s (%s)%s", artifact.version, ", ".join(domains),
+                 "".join(f"; transfer {t.source} -> {t.target}" for t in model.transfers.values()),
                  extra={"event": "artifact_loaded", "version": artifact.version})
         return model
 
     def self_check(self, where: str | Path = "model") -> None:
-        """Each domain's index matches its tables and answers one query.
+        """Each domain's index matches its tables and answers one query; each
+        transfer fits its two item tables, holds finite values and scores one
+        history.
 
         Raises:
-            ArtifactError: naming the domain and what disagrees.
+            ArtifactError: naming the domain (or transfer) and what disagrees.
         """
         for name, served in self.domains.items():
             emb = served.emb
@@ -248,6 +308,8 @@ class ServingModel:
                 result = served.index.search(emb.user_emb[:1], 1)
                 if not 0 <= result.idx[0, 0] < served.index.ntotal:
                     raise ArtifactError(f"{where}: domain {name!r}: the index returned no item")
+        for target, transfer in self.transfers.items():
+            _check_transfer(where, target, transfer, self.domains)
 
     def domain(self, name: str) -> DomainServing:
         """Raises ``UnknownDomainError``."""
@@ -263,6 +325,11 @@ class ServingModel:
     ) -> list[Recommendation | UnknownUserError]:
         """Answer many queries; those of one domain are searched as one batch.
 
+        A ``transfer`` user of a domain with an item-to-item transfer, known in
+        the transfer's source with a non-empty source history, is scored by the
+        transfer (all such queries of a domain in one ``transfer_search``); every
+        other known user by its embedding.
+
         Returns:
             One entry per query, in order: a ``Recommendation``, or the
             ``UnknownUserError`` of a user unknown in that domain (with
@@ -277,7 +344,11 @@ class ServingModel:
             by_domain.setdefault(query.domain, []).append(i)
         for name, positions in by_domain.items():
             served = self.domain(name)
+            transfer = self.transfers.get(name)
+            source = self.domains.get(transfer.source) if transfer is not None else None
             known, ks, exclude, allow = [], [], [], []
+            via_transfer: list[tuple[int, np.ndarray]] = []  # (query, source history)
+            t_ks, t_exclude, t_allow = [], [], []
             for i in positions:
                 query = queries[i]
                 allowed, denied = served.filter_positions(query.item_filter)
@@ -292,12 +363,27 @@ class ServingModel:
                     out[i] = Recommendation(served.emb.item_ids[idx], scores, POPULARITY)
                     continue
                 seen = served.emb.seen.row(row) if query.exclude_seen else None
+                excluded = (
+                    denied if seen is None else (np.concatenate([seen, denied]) if len(denied) else seen)
+                )
+                history = _source_history(served, row, source, query.user_id)
+                if history is not None:
+                    via_transfer.append((i, history))
+                    t_ks.append(query.k)
+                    t_allow.append(allowed)
+                    t_exclude.append(excluded)
+                    continue
                 known.append((i, row))
                 ks.append(query.k)
                 allow.append(allowed)
-                exclude.append(
-                    denied if seen is None else (np.concatenate([seen, denied]) if len(denied) else seen)
+                exclude.append(excluded)
+            if via_transfer:
+                assert transfer is not None
+                results = transfer_search(
+                    transfer.scorer, [h for _, h in via_transfer], t_ks, t_exclude, t_allow
                 )
+                for (i, _), (idx, scores) in zip(via_transfer, results):
+                    out[i] = Recommendation(served.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
             if not known:
                 continue
             user_rows = np.array([row for _, row in known], dtype=np.int64)
@@ -363,15 +449,26 @@ class ServingModel:
         item_filter: ItemFilter | None = None,
     ) -> Recommendation:
         """Top-``k`` target items for a user known only by a source history
-        (oldest first; unknown ids are ignored), embedded at query time.
+        (oldest first; unknown ids are ignored).
+
+        Scored by the item-to-item transfer into ``target_domain`` when it has one
+        from ``source_domain`` (the known ids, deduplicated); otherwise embedded at
+        query time by the artifact's inductive user encoder. No seen-item
+        exclusion (the user is new); ``item_filter`` applies either way.
 
         Raises:
-            UnknownDomainError; NoHistoryEncoderError when the artifact's method
-            has no inductive user encoder; UnknownItemError when no id is known.
+            UnknownDomainError; NoHistoryEncoderError when the artifact has neither
+            an inductive user encoder nor a transfer from ``source_domain`` into
+            ``target_domain``; UnknownItemError when no id is known.
         """
-        if self.history_encoder is None:
+        transfer = self.transfers.get(target_domain)
+        if transfer is not None and transfer.source != source_domain:
+            transfer = None
+        if transfer is None and self.history_encoder is None:
             raise NoHistoryEncoderError(
-                f"artifact {self.version} has no inductive user encoder (train with method 'shared')"
+                f"artifact {self.version} has no inductive user encoder (train with method "
+                f"'shared') and no item-to-item transfer into {target_domain!r}"
+                + (f" from {source_domain!r}" if target_domain in self.transfers else "")
             )
         source, target = self.domain(source_domain), self.domain(target_domain)
         positions = source.item_positions(source_item_ids)
@@ -379,8 +476,14 @@ class ServingModel:
             raise UnknownItemError(
                 f"none of the {len(source_item_ids)} ids is known in domain {source_domain!r}"
             )
-        query = self.history_encoder.encode(source.emb.item_emb[positions])[None, :]  # (1, d)
         allowed, denied = target.filter_positions(item_filter)
+        if transfer is not None:
+            ((idx, scores),) = transfer_search(
+                transfer.scorer, [np.unique(positions)], [k], [denied], [allowed]
+            )
+            return Recommendation(target.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
+        assert self.history_encoder is not None
+        query = self.history_encoder.encode(source.emb.item_emb[positions])[None, :]  # (1, d)
         ((idx, scores),) = target.search(query, [k], [denied], [allowed])
         return Recommendation(target.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
 
@@ -404,6 +507,99 @@ def _row_map(ids: np.ndarray, what: str, domain: str) -> dict[str, int]:
     if len(rows) != len(ids):
         raise ArtifactError(f"domain {domain!r}: {what} holds duplicate ids")
     return rows
+
+
+def _source_history(
+    served: DomainServing, row: int, source: DomainServing | None, user_id: str
+) -> np.ndarray | None:
+    """The source history that the transfer scores user ``row`` of ``served`` by:
+    ``None`` unless the domain has a transfer (``source`` given), the user is a
+    ``transfer`` user, and is known in the source with a non-empty seen row."""
+    if source is None or str(served.emb.user_origin[row]) != UserOrigin.TRANSFER.value:
+        return None
+    src_row = source.user_rows.get(user_id, -1)
+    if src_row < 0:
+        return None
+    history = source.emb.seen.row(src_row)
+    return history if len(history) else None
+
+
+def _load_transfers(
+    artifact: Artifact, domains: dict[str, DomainServing]
+) -> dict[str, DomainTransfer]:
+    """The manifest's ``"transfer"`` entries (``{target: {"source": ...}}``) loaded
+    and aligned to the domains' item tables; absent or empty: none.
+
+    Raises:
+        ArtifactError: a malformed entry, a domain that is not served, or a
+            transfer whose files are missing or do not fit the tables.
+    """
+    listed = artifact.manifest.get("transfer")
+    if listed is None or listed == {}:
+        return {}
+    where = f"{artifact.path}: manifest 'transfer'"
+    if not isinstance(listed, dict):
+        raise ArtifactError(
+            f"{where} must be an object {{target: {{'source': domain}}}}, got {type(listed).__name__}"
+        )
+    out = {}
+    for target, entry in listed.items():
+        if target not in domains:
+            raise ArtifactError(
+                f"{where}: target {target!r} is not a served domain; served: {sorted(domains)}"
+            )
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+            raise ArtifactError(f"{where}: entry of {target!r} must be an object with a 'source' name")
+        source = entry["source"]
+        if source not in domains or source == target:
+            raise ArtifactError(
+                f"{where}: source {source!r} of {target!r} is not another served domain; "
+                f"served: {sorted(domains)}"
+            )
+        transfer = load_transfer(
+            artifact, target, domains[source].emb.item_ids, domains[target].emb.item_ids
+        )
+        if transfer.source != source:
+            raise ArtifactError(
+                f"{artifact.path}: transfer into {target!r}: its meta.json names source "
+                f"{transfer.source!r}, the manifest {source!r}"
+            )
+        out[target] = transfer
+    return out
+
+
+def _check_transfer(
+    where: str | Path, target: str, transfer: DomainTransfer, domains: dict[str, DomainServing]
+) -> None:
+    """A transfer fits its domains, holds finite numbers and scores one history.
+
+    Raises:
+        ArtifactError: naming the transfer and what is wrong.
+    """
+    what = f"{where}: transfer {transfer.source!r} -> {target!r}"
+    if transfer.target != target or transfer.source not in domains or target not in domains:
+        raise ArtifactError(f"{what}: its domains are not served (or it is filed under another target)")
+    scorer, source = transfer.scorer, domains[transfer.source]
+    for side, ids, table in (("source", scorer.src_item_ids, source.emb.item_ids),
+                             ("target", scorer.tgt_item_ids, domains[target].emb.item_ids)):
+        if len(ids) != len(table) or not np.array_equal(np.asarray(ids, dtype=object), table):
+            raise ArtifactError(f"{what}: its {side} items are not the {side} domain's item table")
+    numbers = [np.asarray(m.data) for m in scorer.matrices]
+    numbers += [scorer.popularity, np.asarray(scorer.weights, np.float64),
+                np.asarray([scorer.pop_weight], np.float64)]
+    if not all(np.isfinite(x).all() for x in numbers):
+        raise ArtifactError(f"{what}: matrices, popularity or weights hold non-finite values")
+    seen = source.emb.seen
+    rows = np.flatnonzero(np.diff(seen.indptr) > 0)
+    history = seen.row(int(rows[0])) if rows.size else np.zeros(min(1, len(source.emb.item_ids)), np.int64)
+    try:
+        scores = scorer.score(scorer.history_matrix([history]))
+    except (ValueError, IndexError, TypeError) as exc:
+        raise ArtifactError(f"{what}: cannot score a history: {exc}") from exc
+    if scores.shape != (1, len(scorer.tgt_item_ids)) or not np.isfinite(scores).all():
+        raise ArtifactError(
+            f"{what}: scored a history as {scores.shape}, not (1, {len(scorer.tgt_item_ids)}) finite"
+        )
 
 
 def _load_domain(artifact: Artifact, name: str, device: str) -> DomainServing:

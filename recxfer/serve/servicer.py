@@ -223,9 +223,10 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def RecommendFromHistory(
         self, request: recommender_pb2.RecommendFromHistoryRequest, context: grpc.ServicerContext
     ) -> recommender_pb2.RecommendResponse:
-        """Embeds the source history at query time with the artifact's shared user
-        encoder and searches the target domain. FAILED_PRECONDITION when the
-        served artifact's method has no inductive encoder (e.g. EMCDR)."""
+        """Scores the source history by the artifact's item-to-item transfer into
+        the target when it has one from that source, else embeds it at query time
+        with the shared user encoder and searches the target domain.
+        FAILED_PRECONDITION when the served artifact has neither (e.g. EMCDR)."""
         model = self._model()
         self._check_domain(model, request.source_domain, "source_domain")
         self._check_domain(model, request.target_domain, "target_domain")

@@ -53,6 +53,8 @@ class BlendConfig:
             raise ValueError(f"blend components must be some of ridge, itemknn, userknn; got {self.components}")
         if not self.weight_grid or min(self.weight_grid) < 0 or min(self.pop_grid, default=0) < 0:
             raise ValueError("blend weight grids must be non-empty and >= 0")
+        if max(self.weight_grid) <= 0:
+            raise ValueError("blend weight_grid needs a value > 0 (all zeros would score nothing)")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,9 @@ def fit_blend(m: SourceTargetMatrices, config: BlendConfig = BlendConfig(),
         names.append(name)
         matrices.append(fitted.scorer.matrices[0])
         info["components"][name] = fitted.info
-    if validator is None or valid_hist is None:
+    if not names:  # nothing could be built: popularity alone, said so in info
+        weights, pop_weight = [], 1.0
+    elif validator is None or valid_hist is None:
         weights, pop_weight = [1.0] * len(names), 0.1
     else:
         weights, pop_weight, info["valid"] = _search_weights(m, names, matrices, valid_hist,

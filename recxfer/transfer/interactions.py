@@ -112,7 +112,7 @@ def top_n_per_row(matrix: np.ndarray | sp.spmatrix, n: int) -> sp.csr_matrix:
     for start in range(0, n_rows, 1024):  # bounds the temporary arrays to 1024 rows
         block = dense[start:start + 1024]
         if n < n_cols:
-            keep = np.argpartition(-np.abs(block), n - 1, axis=1)[:, :n]  # (b, n)
+            keep = _top_n_columns(np.abs(block), n)  # (b, n)
         else:
             keep = np.broadcast_to(np.arange(n_cols), (block.shape[0], n_cols))
         rows = np.repeat(np.arange(start, start + block.shape[0]), keep.shape[1])
@@ -124,3 +124,15 @@ def top_n_per_row(matrix: np.ndarray | sp.spmatrix, n: int) -> sp.csr_matrix:
     result = sp.csr_matrix((vals, (rows, cols)), shape=(n_rows, n_cols), dtype=np.float32)
     result.eliminate_zeros()
     return result
+
+
+def _top_n_columns(magnitude: np.ndarray, n: int) -> np.ndarray:
+    """``(rows, n)`` columns of the ``n`` largest values per row, ties to the lower
+    column (linear per row: a partition for the threshold, then a cumulative count)."""
+    threshold = -np.partition(-magnitude, n - 1, axis=1)[:, n - 1 : n]  # (rows, 1) n-th largest
+    above = magnitude > threshold
+    need = n - above.sum(axis=1, keepdims=True)  # (rows, 1) ties to take, lowest columns first
+    tied = magnitude == threshold
+    take = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    cols = np.nonzero(take)[1].reshape(magnitude.shape[0], n)
+    return cols

@@ -16,7 +16,14 @@ import pytest
 from recxfer.data import cold_start_split, load_data_dir
 from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
 from recxfer.eval.protocol import full_ranking_metrics
-from recxfer.train.cold_start import METHODS, ColdStartConfig, TargetEmbeddings, fit_cold_start
+from recxfer.train.cold_start import (
+    METHODS,
+    ColdStartConfig,
+    HistoryScores,
+    TargetEmbeddings,
+    TargetScorer,
+    fit_cold_start,
+)
 from recxfer.train.mf import MFConfig
 from recxfer.train.shared import SharedTrainConfig
 from recxfer.transfer.emcdr import EMCDRConfig
@@ -62,61 +69,91 @@ def test_unknown_method_raises(split) -> None:
 
 
 def test_every_method_has_a_contract_test() -> None:
-    covered = {cls.method for cls in ColdStartContract.__subclasses__()}
+    def leaves(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from leaves(sub)
+
+    covered = {cls.method for cls in leaves(ColdStartContract) if cls.method}
     assert covered == set(METHODS)
 
 
 # ----------------------------------------------------------------------------- contract mixin
 
 
+def all_scores(fitted: TargetScorer) -> np.ndarray:
+    """``(n_users, n_items)`` scores of every user of ``fitted``: the common interface."""
+    return fitted.score(np.arange(len(fitted.user_ids)))
+
+
 class ColdStartContract:
-    """Mixin: subclasses set ``method`` (and ``seed_sensitive``)."""
+    """Mixin: subclasses set ``method`` (and ``seed_sensitive``, ``trains_epochs``).
+
+    Only the common interface is used (``score(rows)``, ``user_ids``, ``item_ids``,
+    ``epochs_trained``, ``info``): embedding methods return ``TargetEmbeddings``,
+    item-to-item ones ``HistoryScores``.
+    """
 
     method: str = ""
-    seed_sensitive: bool = True  # a different seed gives different embeddings
+    seed_sensitive: bool = True  # a different seed gives different scores
+    trains_epochs: bool = True  # epochs_trained >= 1 (0 for methods without epochs)
+    result_type: type = TargetEmbeddings
 
-    def fit(self, split, users, seed: int = 0, **kwargs) -> TargetEmbeddings:
+    def fit(self, split, users, seed: int = 0, **kwargs) -> TargetScorer:
         return fit_cold_start(self.method, split.train, SOURCE, TARGET, users,
                               seeded(TINY, seed), **kwargs)
 
     @pytest.fixture(scope="class")
     @classmethod
-    def fitted(cls, split, cold_users) -> TargetEmbeddings:
+    def fitted(cls, split, cold_users) -> TargetScorer:
         return cls.fit(cls(), split, cold_users)
 
     def test_one_row_per_cold_user_in_order(self, fitted, cold_users) -> None:
-        assert isinstance(fitted, TargetEmbeddings)
+        assert isinstance(fitted, self.result_type)
         np.testing.assert_array_equal(fitted.user_ids, cold_users)
-        assert fitted.user_emb.shape[0] == len(cold_users)
+        assert all_scores(fitted).shape[0] == len(cold_users)
 
     def test_items_are_the_targets_training_items(self, fitted, split) -> None:
         rows = split.train[split.train["domain"] == TARGET]
         np.testing.assert_array_equal(np.sort(fitted.item_ids), np.sort(rows["item_id"].unique()))
         assert len(set(fitted.item_ids)) == len(fitted.item_ids)
-        assert fitted.item_emb.shape[0] == len(fitted.item_ids)
+        assert all_scores(fitted).shape[1] == len(fitted.item_ids)
 
-    def test_embeddings_are_finite_with_matching_dims(self, fitted) -> None:
-        assert fitted.user_emb.ndim == 2 and fitted.item_emb.ndim == 2
-        assert fitted.user_emb.shape[1] == fitted.item_emb.shape[1]
-        assert np.isfinite(fitted.user_emb).all() and np.isfinite(fitted.item_emb).all()
-        scores = fitted.user_emb @ fitted.item_emb.T
+    def test_scores_are_finite_with_matching_shapes(self, fitted) -> None:
+        scores = all_scores(fitted)
         assert scores.shape == (len(fitted.user_ids), len(fitted.item_ids))
-        assert fitted.epochs_trained >= 1
+        assert np.isfinite(scores).all()
+        if isinstance(fitted, TargetEmbeddings):
+            assert fitted.user_emb.ndim == 2 and fitted.item_emb.ndim == 2
+            assert fitted.user_emb.shape[1] == fitted.item_emb.shape[1]
+            np.testing.assert_allclose(scores, fitted.user_emb @ fitted.item_emb.T, rtol=1e-5, atol=1e-6)
+        if self.trains_epochs:
+            assert fitted.epochs_trained >= 1
+        else:
+            assert fitted.epochs_trained == 0
         assert isinstance(fitted.info, dict)
 
-    def test_same_seed_same_embeddings(self, fitted, split, cold_users) -> None:
+    def test_score_of_some_rows_equals_those_rows_of_every_row(self, fitted) -> None:
+        """Batch results equal single results, through ``score(rows)``."""
+        every = all_scores(fitted)
+        rows = np.array([3, 0, 3, len(fitted.user_ids) - 1])
+        np.testing.assert_allclose(fitted.score(rows), every[rows], rtol=1e-6, atol=1e-7)
+        for r in rows[:2]:
+            np.testing.assert_allclose(fitted.score(np.array([r]))[0], every[r], rtol=1e-6, atol=1e-7)
+        assert fitted.score(np.array([], np.int64)).shape == (0, len(fitted.item_ids))
+
+    def test_same_seed_same_scores(self, fitted, split, cold_users) -> None:
         again = self.fit(split, cold_users, seed=0)
         np.testing.assert_array_equal(again.item_ids, fitted.item_ids)
-        np.testing.assert_array_equal(again.user_emb, fitted.user_emb)
-        np.testing.assert_array_equal(again.item_emb, fitted.item_emb)
+        np.testing.assert_array_equal(all_scores(again), all_scores(fitted))
 
-    def test_other_seed_other_embeddings(self, fitted, split, cold_users) -> None:
+    def test_other_seed_other_scores(self, fitted, split, cold_users) -> None:
         other = self.fit(split, cold_users, seed=1)
         if self.seed_sensitive:
-            assert not np.array_equal(other.user_emb, fitted.user_emb)
+            assert not np.array_equal(all_scores(other), all_scores(fitted))
         else:  # no random state: every seed gives the same answer
-            np.testing.assert_array_equal(other.user_emb, fitted.user_emb)
-            np.testing.assert_array_equal(other.item_emb, fitted.item_emb)
+            np.testing.assert_array_equal(other.item_ids, fitted.item_ids)
+            np.testing.assert_array_equal(all_scores(other), all_scores(fitted))
 
     def test_subset_of_users_equals_rows_of_the_full_call(self, fitted, split, cold_users) -> None:
         """Batch results equal single results: asking for fewer users (reversed) gives
@@ -124,12 +161,14 @@ class ColdStartContract:
         some = cold_users[:5][::-1]
         part = self.fit(split, some)
         np.testing.assert_array_equal(part.user_ids, some)
-        np.testing.assert_allclose(part.user_emb, fitted.user_emb[:5][::-1], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(part.item_emb, fitted.item_emb, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(part.item_ids, fitted.item_ids)
+        np.testing.assert_allclose(all_scores(part), fitted.score(np.arange(5)[::-1]),
+                                   rtol=1e-5, atol=1e-5)
 
     def test_no_users(self, split) -> None:
         out = self.fit(split, [])
-        assert out.user_emb.shape[0] == 0 and len(out.user_ids) == 0
+        assert len(out.user_ids) == 0
+        assert all_scores(out).shape == (0, len(out.item_ids))
 
     def test_user_unknown_to_the_source(self, split) -> None:
         """Either a clear ValueError or a finite row (e.g. popularity or a zero vector)."""
@@ -138,18 +177,27 @@ class ColdStartContract:
         except ValueError as exc:
             assert "source history" in str(exc)
         else:
-            assert out.user_emb.shape[0] == 1 and np.isfinite(out.user_emb).all()
+            scores = all_scores(out)
+            assert scores.shape[0] == 1 and np.isfinite(scores).all()
 
 
-class TestTargetOnly(ColdStartContract):
-    method = "target_only"
-    seed_sensitive = False  # popularity: the same for every seed
-
+class PopularityChecks:
     def test_is_popularity(self, fitted, split) -> None:
         rows = split.train[split.train["domain"] == TARGET]
         counts = rows["item_id"].value_counts()
         np.testing.assert_array_equal(fitted.item_emb[:, 0], counts.reindex(fitted.item_ids).to_numpy())
         assert np.all(fitted.user_emb == fitted.user_emb[0])
+
+
+class TestTargetOnly(PopularityChecks, ColdStartContract):
+    method = "target_only"
+    seed_sensitive = False  # popularity: the same for every seed
+
+
+class TestPopularity(PopularityChecks, ColdStartContract):
+    method = "popularity"
+    seed_sensitive = False
+    trains_epochs = False  # nothing is trained
 
 
 class TestEMCDR(ColdStartContract):
@@ -167,17 +215,77 @@ class TestShared(ColdStartContract):
         valid = split.cold_users(TARGET, "valid")
         calls = []
 
-        def validator(user_emb, item_ids, item_emb) -> float:
-            calls.append((user_emb.shape, len(item_ids), item_emb.shape))
+        def validator(score_fn, item_ids) -> float:
+            calls.append((score_fn(np.arange(len(valid))).shape, len(item_ids)))
             return float(len(calls))  # always improving
 
         out = self.fit(split, split.cold_users(TARGET, "test"), valid_users=valid, validator=validator)
         assert len(calls) == TINY.shared.epochs
-        for user_shape, n_items, item_shape in calls:
-            assert user_shape == (len(valid), 8)
-            assert item_shape == (n_items, 8) and n_items == len(out.item_ids)
+        for shape, n_items in calls:
+            assert shape == (len(valid), n_items) and n_items == len(out.item_ids)
         assert out.info["val_scores"] == [1.0, 2.0]
         assert out.epochs_trained == 2
+
+
+class ItemToItemContract(ColdStartContract):
+    """Item-to-item methods: deterministic, no epochs, scores from the source history."""
+
+    seed_sensitive = False
+    trains_epochs = False
+    result_type = HistoryScores
+    uses_validator = True  # it chooses hyper-parameters or weights with the validator
+
+    def test_scores_are_the_scorer_on_the_users_source_history(self, fitted, split, cold_users) -> None:
+        src = split.train[split.train["domain"] == SOURCE]
+        positions = pd.Index(fitted.scorer.src_item_ids)
+        for r in (0, 7):
+            items = src.loc[src["user_id"] == cold_users[r], "item_id"]
+            hist = fitted.scorer.history_matrix([positions.get_indexer(items)])
+            np.testing.assert_allclose(fitted.score(np.array([r])), fitted.scorer.score(hist),
+                                       rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(fitted.scorer.tgt_item_ids, fitted.item_ids)
+
+    def test_validator_sees_the_valid_users_scores(self, split) -> None:
+        valid = split.cold_users(TARGET, "valid")
+        calls = []
+
+        def validator(score_fn, item_ids) -> float:
+            scores = score_fn(np.arange(len(valid)))
+            calls.append((scores.shape, len(item_ids)))
+            return float(scores[:, 0].sum())  # rewards the first target item
+
+        out = self.fit(split, split.cold_users(TARGET, "test")[:3], valid_users=valid,
+                       validator=validator)
+        if not self.uses_validator:
+            assert calls == []
+            return
+        assert calls, "the validator was never called"
+        assert all(c == ((len(valid), len(out.item_ids)), len(out.item_ids)) for c in calls)
+
+
+class TestItemKNN(ItemToItemContract):
+    method = "itemknn"
+
+
+class TestEASE(ItemToItemContract):
+    method = "ease"
+
+
+class TestRidge(ItemToItemContract):
+    method = "ridge"
+
+
+class TestUserKNN(ItemToItemContract):
+    method = "userknn"
+    uses_validator = False  # no hyper-parameter is searched
+
+
+class TestBlend(ItemToItemContract):
+    method = "blend"
+
+    def test_without_validator_every_component_weighs_one(self, fitted) -> None:
+        assert fitted.scorer.names == ("ridge", "itemknn", "userknn")
+        assert fitted.scorer.weights == (1.0, 1.0, 1.0) and fitted.scorer.pop_weight == 0.1
 
 
 # ----------------------------------------------------------------------------- quality

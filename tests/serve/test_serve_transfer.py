@@ -1,0 +1,539 @@
+"""Item-to-item transfer in serving: a cold ``transfer`` user with a source history
+(and any ``RecommendFromHistory`` from the transfer's source) is answered by the
+artifact's ``DomainTransfer`` exactly as offline scoring ranks it; warm users keep
+the embedding path; a malformed transfer refuses the artifact at load (so hot
+reload keeps the old model).
+
+Hand-made domains (dim 4, exact torch index):
+
+- ``video`` (source): 10 items ``v00..v09``; users carol (seen v01 v04 v07),
+  gina (v00 v02), ivy (nothing), alice (v03).
+- ``books`` (target): 15 items ``b00..b14``; users alice (warm, seen b00 b01),
+  carol (transfer, nothing seen), gina (transfer, seen b02 b05), hank (transfer,
+  unknown in video), ivy (transfer, empty video history).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recxfer.artifacts import (
+    Artifact,
+    ArtifactError,
+    publish,
+    save_domain,
+    save_transfer,
+    transfer_dir,
+    write_artifact,
+)
+from recxfer.serve import ArtifactWatcher, ItemFilter, ModelHolder, RecommendQuery, ServingModel
+from recxfer.serve.model import NoHistoryEncoderError, UnknownItemError
+from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems, UserOrigin
+from recxfer.v1 import recommender_pb2 as pb
+
+SRC, TGT = "video", "books"
+DIM = 4
+TIMEOUT = 5.0
+SRC_ITEMS = [f"v{j:02d}" for j in range(10)]
+TGT_ITEMS = [f"b{j:02d}" for j in range(15)]
+SRC_SEEN = {"carol": [1, 4, 7], "gina": [0, 2], "ivy": [], "alice": [3]}
+TGT_USERS = {  # user -> (origin, seen)
+    "alice": ("warm", [0, 1]),
+    "carol": ("transfer", []),
+    "gina": ("transfer", [2, 5]),
+    "hank": ("transfer", []),
+    "ivy": ("transfer", []),
+}
+
+
+def _emb(name, users, origins, items, seen, rng) -> DomainEmbeddings:
+    pairs = [(u, j) for u, user in enumerate(users) for j in seen[user]]
+    seen_items = SeenItems.from_pairs(
+        len(users), np.array([u for u, _ in pairs], np.int64), np.array([j for _, j in pairs], np.int64)
+    )
+    popularity = np.bincount(np.array([j for _, j in pairs], np.int64), minlength=len(items))
+    return DomainEmbeddings(
+        domain=name,
+        user_ids=np.array(users, dtype=object),
+        user_emb=rng.standard_normal((len(users), DIM)).astype(np.float32),
+        user_origin=np.array(origins, dtype=object),
+        item_ids=np.array(items, dtype=object),
+        item_emb=rng.standard_normal((len(items), DIM)).astype(np.float32),
+        seen=seen_items,
+        item_popularity=popularity.astype(np.int64),
+    )
+
+
+def make_transfer_domains(seed: int = 7) -> dict[str, DomainEmbeddings]:
+    rng = np.random.default_rng(seed)
+    video = _emb(SRC, list(SRC_SEEN), ["warm"] * len(SRC_SEEN), SRC_ITEMS, SRC_SEEN, rng)
+    books = _emb(TGT, list(TGT_USERS), [o for o, _ in TGT_USERS.values()], TGT_ITEMS,
+                 {u: s for u, (_, s) in TGT_USERS.items()}, rng)
+    return {SRC: video, TGT: books}
+
+
+def make_transfer(domains: dict[str, DomainEmbeddings], seed: int = 11) -> DomainTransfer:
+    """Two sparse components (one with negative weights) and a popularity term;
+    columns b12..b14 are linked to nothing (ties, broken by position)."""
+    rng = np.random.default_rng(seed)
+    n_src, n_tgt = len(SRC_ITEMS), len(TGT_ITEMS)
+
+    def component(density: float, signed: bool) -> sp.csr_matrix:
+        dense = rng.random((n_src, n_tgt)) * (rng.random((n_src, n_tgt)) < density)
+        if signed:
+            dense *= rng.choice([-1.0, 1.0], size=dense.shape)
+        dense[:, 12:] = 0.0
+        return sp.csr_matrix(dense.astype(np.float32))
+
+    popularity = np.zeros(n_tgt, np.float32)
+    popularity[[3, 6, 9]] = [5.0, 2.0, 1.0]
+    scorer = ItemToItemScorer(
+        src_item_ids=domains[SRC].item_ids, tgt_item_ids=domains[TGT].item_ids,
+        names=("itemknn", "ridge"), matrices=(component(0.4, False), component(0.5, True)),
+        weights=(0.7, 0.3), popularity=popularity, pop_weight=0.05,
+    )
+    return DomainTransfer(SRC, TGT, scorer)
+
+
+def write_transfer_artifact(
+    root: Path,
+    domains: dict[str, DomainEmbeddings],
+    transfer: DomainTransfer | None,
+    *,
+    manifest_transfer: object = "default",
+    tamper: Callable[[Path], None] | None = None,
+    version: str | None = None,
+) -> Artifact:
+    """Write an artifact as ``recxfer.pipeline.write_model_artifact`` lays it out
+    (exact index, no faiss file). ``tamper(staging_folder)`` edits the files before
+    they are checksummed: the artifact is consistent, but wrong."""
+    with write_artifact(root, config={}, data_fingerprint="x", version=version) as builder:
+        meta = {}
+        for name, emb in domains.items():
+            save_domain(builder.path, emb)
+            meta[name] = {
+                "role": "source" if name == SRC else "target",
+                "users": len(emb.user_ids), "items": len(emb.item_ids),
+                "dim": int(emb.item_emb.shape[1]), "index": {"factory": "Flat", "file": None},
+            }
+        if transfer is not None:
+            save_transfer(builder.path, transfer)
+            meta[transfer.target]["transfer"] = {"source": transfer.source}
+        builder.extra["domains"] = meta
+        if manifest_transfer == "default":
+            manifest_transfer = {} if transfer is None else {transfer.target: {"source": transfer.source}}
+        if manifest_transfer is not None:
+            builder.extra["transfer"] = manifest_transfer
+        if tamper is not None:
+            tamper(builder.path)
+    assert builder.artifact is not None
+    return builder.artifact
+
+
+@pytest.fixture(scope="module")
+def tdomains() -> dict[str, DomainEmbeddings]:
+    return make_transfer_domains()
+
+
+@pytest.fixture(scope="module")
+def transfer(tdomains) -> DomainTransfer:
+    return make_transfer(tdomains)
+
+
+@pytest.fixture(scope="module")
+def troot(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("transfer-artifacts")
+
+
+@pytest.fixture(scope="module")
+def tmodel(troot, tdomains, transfer) -> ServingModel:
+    artifact = write_transfer_artifact(troot, tdomains, transfer, version="t1")
+    return ServingModel.from_artifact(artifact.path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def plain_model(troot, tdomains) -> ServingModel:
+    """The same domains without a transfer (no ``"transfer"`` manifest key at all)."""
+    artifact = write_transfer_artifact(troot, tdomains, None, manifest_transfer=None, version="p1")
+    return ServingModel.from_artifact(artifact.path, device="cpu")
+
+
+def offline_topk(
+    transfer: DomainTransfer, history_ids, k, exclude_ids=(), allow_ids=None
+) -> tuple[list[str], np.ndarray]:
+    """What offline evaluation ranks: ``scorer.score`` of the history, admissible
+    items by score descending, ties by lower position."""
+    scorer = transfer.scorer
+    src = {str(i): j for j, i in enumerate(scorer.src_item_ids)}
+    positions = [src[i] for i in history_ids if i in src]
+    scores = scorer.score(scorer.history_matrix([np.array(positions)]))[0]  # (n_tgt,)
+    order = np.argsort(-scores, kind="stable")
+    ids = [str(i) for i in scorer.tgt_item_ids]
+    order = [j for j in order
+             if ids[j] not in set(exclude_ids) and (allow_ids is None or ids[j] in set(allow_ids))][:k]
+    return [ids[j] for j in order], scores[order]
+
+
+def source_history(domains, user_id) -> list[str]:
+    return [SRC_ITEMS[j] for j in SRC_SEEN[user_id]]
+
+
+def target_seen(user_id) -> list[str]:
+    return [TGT_ITEMS[j] for j in TGT_USERS[user_id][1]]
+
+
+def assert_same(rec, ids, scores, origin=UserOrigin.TRANSFER.value):
+    assert list(rec.item_ids) == ids
+    np.testing.assert_allclose(rec.scores, scores, rtol=0, atol=1e-6)
+    assert rec.scores.dtype == np.float32
+    assert rec.user_origin == origin
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def test_transfers_are_loaded_and_aligned(tmodel, plain_model, tdomains):
+    assert set(tmodel.transfers) == {TGT} and plain_model.transfers == {}
+    loaded = tmodel.transfers[TGT]
+    assert (loaded.source, loaded.target) == (SRC, TGT)
+    assert list(loaded.scorer.src_item_ids) == SRC_ITEMS
+    assert list(loaded.scorer.tgt_item_ids) == TGT_ITEMS
+
+
+def test_constructor_stays_backward_compatible(plain_model):
+    model = ServingModel(plain_model.version, plain_model.domains, plain_model.history_encoder)
+    assert model.transfers == {}
+    model.self_check()
+
+
+# --- (a) Recommend of a transfer user -----------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 4, 15])
+def test_transfer_user_equals_offline_scores(tmodel, tdomains, transfer, k):
+    ids, scores = offline_topk(transfer, source_history(tdomains, "carol"), k)
+    assert len(ids) == k
+    assert_same(tmodel.recommend("carol", TGT, k), ids, scores)
+
+
+def test_ties_are_broken_by_lower_position(tmodel, tdomains, transfer):
+    rec = tmodel.recommend("carol", TGT, 15)
+    tail = [i for i in rec.item_ids if i in {"b12", "b13", "b14"}]
+    assert tail == ["b12", "b13", "b14"]  # all scored 0 by the matrices (pop 0 too)
+
+
+# --- (b) RecommendFromHistory --------------------------------------------------------------
+
+
+def test_from_history_equals_the_known_user(tmodel, tdomains, transfer):
+    history = source_history(tdomains, "carol")
+    ids, scores = offline_topk(transfer, history, 5)
+    assert_same(tmodel.recommend_from_history(SRC, history, TGT, 5), ids, scores)
+    # unknown ids ignored, duplicates and order do not matter
+    noisy = ["zz", history[2], history[0], "b01", history[0], history[1]]
+    assert_same(tmodel.recommend_from_history(SRC, noisy, TGT, 5), ids, scores)
+    assert_same(tmodel.recommend("carol", TGT, 5), ids, scores)
+
+
+def test_from_history_has_no_seen_exclusion(tmodel, tdomains, transfer):
+    history = source_history(tdomains, "gina")
+    ids, scores = offline_topk(transfer, history, 15)
+    assert_same(tmodel.recommend_from_history(SRC, history, TGT, 15), ids, scores)
+    assert set(target_seen("gina")) <= set(ids)
+
+
+def test_from_history_errors(tmodel):
+    with pytest.raises(UnknownItemError, match="video"):
+        tmodel.recommend_from_history(SRC, ["nope", "b01"], TGT, 3)
+    # no transfer into video and no inductive encoder
+    with pytest.raises(NoHistoryEncoderError, match="no item-to-item transfer into 'video'"):
+        tmodel.recommend_from_history(TGT, ["b01"], SRC, 3)
+
+
+def test_from_history_without_transfer_is_refused(plain_model):
+    with pytest.raises(NoHistoryEncoderError, match="no inductive user encoder.*no item-to-item"):
+        plain_model.recommend_from_history(SRC, ["v01"], TGT, 3)
+
+
+# --- (c) everyone else keeps the embedding path --------------------------------------------
+
+
+@pytest.mark.parametrize("user_id", ["alice", "hank", "ivy"])
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_other_users_keep_embeddings(tmodel, plain_model, tdomains, tools, user_id, exclude_seen):
+    got = tmodel.recommend(user_id, TGT, 6, exclude_seen=exclude_seen)
+    want = plain_model.recommend(user_id, TGT, 6, exclude_seen=exclude_seen)
+    assert list(got.item_ids) == list(want.item_ids)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.user_origin == want.user_origin == TGT_USERS[user_id][0]
+    emb = tdomains[TGT]
+    exclude = tools.seen(emb, user_id) if exclude_seen else set()
+    ids, scores = tools.brute(emb, tools.vec(emb, user_id), 6, exclude=exclude)
+    assert list(got.item_ids) == ids
+    np.testing.assert_allclose(got.scores, scores, rtol=1e-5, atol=1e-6)
+
+
+def test_source_domain_is_unchanged(tmodel, plain_model):
+    for user in SRC_SEEN:
+        got, want = tmodel.recommend(user, SRC, 4), plain_model.recommend(user, SRC, 4)
+        assert list(got.item_ids) == list(want.item_ids) and got.user_origin == "warm"
+
+
+# --- (d) filters and k --------------------------------------------------------------------
+
+
+def test_exclude_seen_for_a_transfer_user(tmodel, tdomains, transfer):
+    history, seen = source_history(tdomains, "gina"), target_seen("gina")
+    ids, scores = offline_topk(transfer, history, 15, exclude_ids=seen)
+    rec = tmodel.recommend("gina", TGT, 15)
+    assert_same(rec, ids, scores)
+    assert len(ids) == 13 and not set(seen) & set(rec.item_ids)
+    ids, scores = offline_topk(transfer, history, 15)
+    assert_same(tmodel.recommend("gina", TGT, 15, exclude_seen=False), ids, scores)
+
+
+def test_deny_and_allow_lists(tmodel, tdomains, transfer):
+    history = source_history(tdomains, "carol")
+    best = offline_topk(transfer, history, 3)[0]
+    deny = (best[0], best[2], "unknown")
+    ids, scores = offline_topk(transfer, history, 4, exclude_ids=deny)
+    assert_same(tmodel.recommend("carol", TGT, 4, item_filter=ItemFilter(deny=deny)), ids, scores)
+    assert_same(tmodel.recommend_from_history(SRC, history, TGT, 4, ItemFilter(deny=deny)), ids, scores)
+
+    allow = ("b13", "b07", "b00", "b07", "nope", "b12")
+    ids, scores = offline_topk(transfer, history, 10, allow_ids=allow)
+    assert len(ids) == 4  # k capped by the admissible items
+    assert_same(tmodel.recommend("carol", TGT, 10, item_filter=ItemFilter(allow=allow)), ids, scores)
+    assert_same(tmodel.recommend_from_history(SRC, history, TGT, 10, ItemFilter(allow=allow)),
+                ids, scores)
+    # allow-list and seen exclusion together
+    gina = source_history(tdomains, "gina")
+    allow = ("b02", "b03", "b05", "b09")
+    ids, scores = offline_topk(transfer, gina, 10, exclude_ids=target_seen("gina"), allow_ids=allow)
+    assert ids and set(ids) <= {"b03", "b09"}
+    assert_same(tmodel.recommend("gina", TGT, 10, item_filter=ItemFilter(allow=allow)), ids, scores)
+
+
+def test_k_larger_than_the_catalogue_returns_every_admissible_item(tmodel, tdomains, transfer):
+    history = source_history(tdomains, "carol")
+    ids, scores = offline_topk(transfer, history, 1000)
+    rec = tmodel.recommend("carol", TGT, 1000)
+    assert_same(rec, ids, scores)
+    assert sorted(rec.item_ids) == TGT_ITEMS
+    rec = tmodel.recommend_from_history(SRC, history, TGT, 1000, ItemFilter(deny=("b00",)))
+    assert len(rec.item_ids) == 14 and "b00" not in rec.item_ids
+    rec = tmodel.recommend("carol", TGT, 5, item_filter=ItemFilter(allow=("nope",)))
+    assert len(rec.item_ids) == 0 and rec.user_origin == "transfer"
+
+
+# --- (e) batch equals single ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CountingScorer:
+    """Wraps a scorer, counting ``score`` calls and their rows."""
+
+    inner: ItemToItemScorer
+    calls: list
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def score(self, hist):
+        self.calls.append(hist.shape[0])
+        return self.inner.score(hist)
+
+
+def test_batch_equals_single_and_scores_transfer_users_in_one_call(tmodel):
+    queries = [
+        RecommendQuery("carol", TGT, 5),
+        RecommendQuery("alice", TGT, 3),
+        RecommendQuery("gina", TGT, 15),
+        RecommendQuery("carol", TGT, 2, item_filter=ItemFilter(deny=("b01", "b03"))),
+        RecommendQuery("hank", TGT, 4),
+        RecommendQuery("carol", SRC, 3),
+        RecommendQuery("gina", TGT, 4, exclude_seen=False, item_filter=ItemFilter(allow=("b02", "b11"))),
+        RecommendQuery("ivy", TGT, 2),
+        RecommendQuery("nobody", TGT, 2),
+    ]
+    calls: list[int] = []
+    t = tmodel.transfers[TGT]
+    counting = replace(tmodel, transfers={TGT: replace(t, scorer=CountingScorer(t.scorer, calls))})
+    batch = counting.recommend_many(queries)
+    assert calls == [4]  # the four transfer queries of books, one score call
+    for query, got in zip(queries, batch):
+        if query.user_id == "nobody":
+            assert isinstance(got, KeyError)
+            continue
+        want = tmodel.recommend(query.user_id, query.domain, query.k, query.exclude_seen,
+                                query.item_filter)
+        assert list(got.item_ids) == list(want.item_ids)
+        if got.user_origin == "transfer" and query.domain == TGT and query.user_id in ("carol", "gina"):
+            np.testing.assert_array_equal(got.scores, want.scores)  # row-wise sparse maths
+        else:  # one batched matmul vs one per query: BLAS may round differently
+            np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
+        assert got.user_origin == want.user_origin
+
+
+def test_large_batches_are_scored_in_chunks(tmodel, monkeypatch):
+    import recxfer.serve.model as model_module
+
+    calls: list[int] = []
+    t = tmodel.transfers[TGT]
+    counting = replace(tmodel, transfers={TGT: replace(t, scorer=CountingScorer(t.scorer, calls))})
+    queries = [RecommendQuery(u, TGT, 3) for u in ["carol", "gina"] * 5]
+    want = counting.recommend_many(queries)
+    monkeypatch.setattr(model_module, "TRANSFER_SCORE_BUDGET", 3 * len(TGT_ITEMS))
+    calls.clear()
+    got = counting.recommend_many(queries)
+    assert calls == [3, 3, 3, 1]
+    for a, b in zip(got, want):
+        assert list(a.item_ids) == list(b.item_ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+# --- (f) a malformed transfer refuses the artifact ------------------------------------------
+
+
+def _npy(folder: Path, name: str) -> Path:
+    return folder / transfer_dir(TGT) / f"{name}.npy"
+
+
+def _shift_indices(folder: Path) -> None:
+    path = _npy(folder, "itemknn_indices")
+    indices = np.load(path)
+    indices[-1] = len(TGT_ITEMS)  # one past the last target item
+    np.save(path, indices)
+
+
+def _short_indptr(folder: Path) -> None:
+    path = _npy(folder, "ridge_indptr")
+    np.save(path, np.load(path)[:-1])
+
+
+def _nan_data(folder: Path) -> None:
+    path = _npy(folder, "ridge_data")
+    data = np.load(path)
+    data[0] = np.nan
+    np.save(path, data)
+
+
+def _meta(**changes) -> Callable[[Path], None]:
+    def tamper(folder: Path) -> None:
+        path = folder / transfer_dir(TGT) / "meta.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return tamper
+
+
+def _bad_popularity(folder: Path) -> None:
+    np.save(_npy(folder, "popularity"), np.zeros(len(TGT_ITEMS) + 1, np.float32))
+
+
+CORRUPT = {
+    "index out of range": (_shift_indices, "default", "does not fit"),
+    "indptr too short": (_short_indptr, "default", "does not fit"),
+    "missing component file": (lambda f: _npy(f, "ridge_data").unlink(), "default", "ridge_data"),
+    "missing meta": (lambda f: (f / transfer_dir(TGT) / "meta.json").unlink(), "default", "meta.json"),
+    "names/weights disagree": (_meta(weights=[1.0]), "default", "names/weights"),
+    "unsafe component name": (_meta(names=["../x", "ridge"]), "default", "no file"),
+    "meta names another source": (_meta(source="music"), "default", "meta.json names source"),
+    "non-finite data": (_nan_data, "default", "non-finite"),
+    "non-finite weight": (_meta(weights=[float("nan"), 0.3]), "default", "non-finite"),
+    "popularity of the wrong length": (_bad_popularity, "default", "popularity"),
+    "manifest not an object": (None, [TGT], "must be an object"),
+    "entry without source": (None, {TGT: SRC}, "'source'"),
+    "unknown source": (None, {TGT: {"source": "music"}}, "not another served domain"),
+    "source is the target": (None, {TGT: {"source": TGT}}, "not another served domain"),
+    "unknown target": (None, {"music": {"source": SRC}}, "not a served domain"),
+    "listed but no files": ("no-files", "default", "meta.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT), ids=list(CORRUPT))
+def test_a_malformed_transfer_refuses_the_artifact(tmp_path, tdomains, transfer, case):
+    tamper, manifest_transfer, message = CORRUPT[case]
+    if tamper == "no-files":
+        artifact = write_transfer_artifact(tmp_path, tdomains, None,
+                                           manifest_transfer={TGT: {"source": SRC}})
+    else:
+        artifact = write_transfer_artifact(tmp_path, tdomains, transfer, tamper=tamper,
+                                           manifest_transfer=manifest_transfer)
+    with pytest.raises(ArtifactError, match=message):
+        ServingModel.from_artifact(artifact.path, device="cpu")
+
+
+def test_self_check_refuses_a_transfer_that_does_not_fit(tmodel):
+    t = tmodel.transfers[TGT]
+    wrong = replace(t, scorer=replace(t.scorer, tgt_item_ids=t.scorer.tgt_item_ids[::-1].copy()))
+    with pytest.raises(ArtifactError, match="target items"):
+        replace(tmodel, transfers={TGT: wrong}).self_check()
+    with pytest.raises(ArtifactError, match="not served"):
+        replace(tmodel, transfers={SRC: t}).self_check()
+
+
+def test_empty_transfer_entry_changes_nothing(tmp_path, tdomains, plain_model):
+    artifact = write_transfer_artifact(tmp_path, tdomains, None, manifest_transfer={})
+    model = ServingModel.from_artifact(artifact.path, device="cpu")
+    assert model.transfers == {}
+    got, want = model.recommend("carol", TGT, 5), plain_model.recommend("carol", TGT, 5)
+    assert list(got.item_ids) == list(want.item_ids)
+
+
+def test_hot_reload_keeps_the_old_model_on_a_corrupt_transfer(tmp_path, tdomains, transfer):
+    good = write_transfer_artifact(tmp_path, tdomains, transfer, version="a1")
+    bad = write_transfer_artifact(tmp_path, tdomains, transfer, tamper=_shift_indices, version="a2")
+    holder = ModelHolder()
+    watcher = ArtifactWatcher(tmp_path, holder,
+                              loader=lambda p: ServingModel.from_artifact(p, device="cpu"))
+    publish(tmp_path, good.version)
+    assert watcher.check_now() and holder.get().version == "a1"
+    publish(tmp_path, bad.version)
+    assert not watcher.check_now()
+    assert holder.get().version == "a1" and "does not fit" in watcher.last_error
+
+
+# --- (g) over gRPC ------------------------------------------------------------------------
+
+
+def test_transfer_over_grpc(start_server, tmodel, tdomains, transfer):
+    running = start_server(ModelHolder(tmodel))
+    history = source_history(tdomains, "carol")
+    ids, scores = offline_topk(transfer, history, 5)
+
+    response = running.stub.Recommend(
+        pb.RecommendRequest(user_id="carol", domain=TGT, k=5), timeout=TIMEOUT
+    )
+    assert [item.item_id for item in response.items] == ids
+    np.testing.assert_allclose([item.score for item in response.items], scores, rtol=0, atol=1e-6)
+    assert response.user_kind == pb.USER_KIND_TRANSFER and response.model_version == "t1"
+
+    response = running.stub.RecommendFromHistory(
+        pb.RecommendFromHistoryRequest(source_domain=SRC, source_item_ids=history,
+                                       target_domain=TGT, k=5), timeout=TIMEOUT
+    )
+    assert [item.item_id for item in response.items] == ids
+    np.testing.assert_allclose([item.score for item in response.items], scores, rtol=0, atol=1e-6)
+    assert response.user_kind == pb.USER_KIND_TRANSFER
+
+    batch = running.stub.BatchRecommend(pb.BatchRecommendRequest(requests=[
+        pb.RecommendRequest(user_id="alice", domain=TGT, k=3),
+        pb.RecommendRequest(user_id="carol", domain=TGT, k=5),
+    ]), timeout=TIMEOUT)
+    assert [item.item_id for item in batch.results[1].response.items] == ids
+    assert batch.results[0].response.user_kind == pb.USER_KIND_WARM
+
+    with pytest.raises(grpc.RpcError) as info:  # no transfer into video, no encoder
+        running.stub.RecommendFromHistory(
+            pb.RecommendFromHistoryRequest(source_domain=TGT, source_item_ids=["b01"],
+                                           target_domain=SRC, k=3), timeout=TIMEOUT
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no item-to-item transfer into 'video'" in info.value.details()

@@ -1,0 +1,170 @@
+"""``ItemToItemScorer`` (recxfer/types.py): the servable score of a source history,
+against a naive per-user loop of its documented formula."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recxfer.types import ItemToItemScorer
+
+N_SRC, N_TGT = 4, 5
+SRC_IDS = np.array([f"s{i}" for i in range(N_SRC)], dtype=object)
+TGT_IDS = np.array([f"t{j}" for j in range(N_TGT)], dtype=object)
+
+# two components with negative links; s3 has no link in B1 (row of zeros)
+B1 = np.array([
+    [0.5, 0.0, -0.2, 0.0, 0.1],
+    [0.0, 0.3, 0.0, 0.4, 0.0],
+    [-0.6, 0.0, 0.2, 0.0, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 0.0],
+], dtype=np.float32)
+B2 = np.array([
+    [0.0, 1.0, 0.0, 0.0, 2.0],
+    [0.0, 0.0, 0.0, 3.0, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 0.0],
+    [1.0, 0.0, 5.0, 0.0, -1.0],
+], dtype=np.float32)
+POP = np.array([4.0, 0.0, 1.0, 2.0, 8.0], dtype=np.float32)
+
+HIST = np.array([
+    [1, 0, 0, 0],
+    [0, 1, 0, 1],
+    [1, 1, 1, 1],
+    [0, 0, 0, 1],  # nothing in B1: only B2 and popularity
+    [0, 0, 1, 0],  # nothing in B2
+    [0, 0, 0, 0],  # empty history: popularity only
+    [1, 0, 1, 0],  # B1 row sum has a negative maximum magnitude
+], dtype=np.float32)
+
+
+def scorer(weights=(0.7, 0.3), pop_weight=0.2, pop=POP, matrices=(B1, B2)) -> ItemToItemScorer:
+    mats = tuple(sp.csr_matrix(m) for m in matrices)
+    names = tuple(f"c{c}" for c in range(len(mats)))
+    return ItemToItemScorer(SRC_IDS, TGT_IDS, names, mats, tuple(weights), pop, pop_weight)
+
+
+def naive_score(hist, matrices, weights, pop, pop_weight) -> np.ndarray:
+    """The docstring's formula, user by user, item by item."""
+    out = np.zeros((hist.shape[0], N_TGT))
+    for u in range(hist.shape[0]):
+        for matrix, weight in zip(matrices, weights):
+            part = [sum(hist[u, i] * matrix[i, j] for i in range(N_SRC)) for j in range(N_TGT)]
+            top = max(abs(p) for p in part)
+            for j in range(N_TGT):
+                if top > 0:
+                    out[u, j] += weight * part[j] / top
+        if pop.max() > 0:
+            for j in range(N_TGT):
+                out[u, j] += pop_weight * pop[j] / pop.max()
+    return out
+
+
+@pytest.mark.parametrize("weights,pop_weight", [((0.7, 0.3), 0.2), ((1.0, 0.0), 0.0),
+                                                ((0.0, 2.0), 1.0), ((0.5, 0.5), 0.0)])
+def test_score_equals_the_naive_formula(weights, pop_weight) -> None:
+    out = scorer(weights, pop_weight).score(sp.csr_matrix(HIST))
+    assert out.dtype == np.float32 and out.shape == (len(HIST), N_TGT)
+    np.testing.assert_allclose(out, naive_score(HIST, (B1, B2), weights, POP, pop_weight),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_a_zero_row_adds_nothing() -> None:
+    s = scorer((0.7, 0.3), 0.2)
+    out = s.score(HIST[[3, 4, 5]])
+    pop = 0.2 * POP / POP.max()
+    part2 = HIST[3] @ B2
+    np.testing.assert_allclose(out[0], 0.3 * part2 / np.abs(part2).max() + pop, rtol=1e-6)
+    part1 = HIST[4] @ B1
+    np.testing.assert_allclose(out[1], 0.7 * part1 / np.abs(part1).max() + pop, rtol=1e-6)
+    np.testing.assert_allclose(out[2], pop, rtol=1e-6)  # an empty history: popularity only
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(scorer((1.0, 1.0), 0.0).score(HIST[[5]]), 0.0)
+
+
+def test_one_component_ranks_as_its_raw_product() -> None:
+    out = scorer((1.0,), 0.0, matrices=(B1,)).score(HIST[:3])
+    raw = HIST[:3] @ B1
+    np.testing.assert_allclose(out, raw / np.abs(raw).max(axis=1, keepdims=True), rtol=1e-6)
+    for u in range(3):
+        np.testing.assert_array_equal(np.argsort(-out[u], kind="stable"),
+                                      np.argsort(-raw[u], kind="stable"))
+
+
+def test_popularity_term() -> None:
+    with_pop = scorer((0.7, 0.3), 0.5).score(HIST)
+    without = scorer((0.7, 0.3), 0.0).score(HIST)
+    np.testing.assert_allclose(with_pop - without, np.tile(0.5 * POP / 8.0, (len(HIST), 1)),
+                               rtol=1e-6, atol=1e-7)
+    # no popularity at all: the term is left out (no division by zero)
+    zero_pop = scorer((0.7, 0.3), 0.5, pop=np.zeros(N_TGT, np.float32)).score(HIST)
+    np.testing.assert_allclose(zero_pop, without, rtol=1e-6)
+    # popularity alone (no component)
+    alone = ItemToItemScorer(SRC_IDS, TGT_IDS, (), (), (), POP, 1.0).score(HIST[:2])
+    np.testing.assert_allclose(alone, np.tile(POP / 8.0, (2, 1)), rtol=1e-6)
+
+
+def test_dense_and_sparse_histories_score_the_same() -> None:
+    s = scorer()
+    np.testing.assert_array_equal(s.score(HIST), s.score(sp.csr_matrix(HIST)))
+    np.testing.assert_array_equal(s.score(HIST.astype(np.int64)), s.score(sp.csr_matrix(HIST)))
+
+
+def test_batch_equals_single() -> None:
+    s = scorer()
+    batch = s.score(sp.csr_matrix(HIST))
+    for u in range(len(HIST)):
+        np.testing.assert_allclose(s.score(sp.csr_matrix(HIST[u:u + 1]))[0], batch[u], rtol=1e-6)
+    order = np.random.default_rng(0).permutation(len(HIST))
+    np.testing.assert_allclose(s.score(sp.csr_matrix(HIST[order])), batch[order], rtol=1e-6)
+
+
+def test_no_histories() -> None:
+    out = scorer().score(sp.csr_matrix((0, N_SRC), dtype=np.float32))
+    assert out.shape == (0, N_TGT) and out.dtype == np.float32
+
+
+def test_history_with_wrong_width_raises() -> None:
+    with pytest.raises(ValueError, match="history has 3 columns, not 4"):
+        scorer().score(np.ones((2, 3), np.float32))
+
+
+def test_inconsistent_components_raise() -> None:
+    mats = (sp.csr_matrix(B1), sp.csr_matrix(B2))
+    with pytest.raises(ValueError, match="one entry per component"):
+        ItemToItemScorer(SRC_IDS, TGT_IDS, ("a", "b"), mats, (1.0,), POP, 0.0)
+    with pytest.raises(ValueError, match="one entry per component"):
+        ItemToItemScorer(SRC_IDS, TGT_IDS, ("a",), mats, (1.0, 1.0), POP, 0.0)
+    with pytest.raises(ValueError, match=r"component b: shape \(4, 4\) != \(4, 5\)"):
+        ItemToItemScorer(SRC_IDS, TGT_IDS, ("a", "b"), (mats[0], sp.csr_matrix(B2[:, :4])),
+                         (1.0, 1.0), POP, 0.0)
+    with pytest.raises(ValueError, match=r"component a: shape \(5, 4\)"):
+        ItemToItemScorer(SRC_IDS, TGT_IDS, ("a",), (sp.csr_matrix(B1.T),), (1.0,), POP, 0.0)
+    with pytest.raises(ValueError, match=r"popularity \(4,\) != \(5,\)"):
+        ItemToItemScorer(SRC_IDS, TGT_IDS, ("a",), mats[:1], (1.0,), POP[:4], 0.0)
+
+
+# ----------------------------------------------------------------------------- history_matrix
+
+
+def test_history_matrix_is_binary_deduplicated_and_ignores_padding() -> None:
+    s = scorer()
+    hist = s.history_matrix([np.array([2, 0, 2, -1]), np.array([], np.int64),
+                             np.array([-1, -1]), np.array([3])])
+    assert sp.isspmatrix_csr(hist) and hist.shape == (4, N_SRC)
+    np.testing.assert_array_equal(hist.toarray(), [[1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0],
+                                                   [0, 0, 0, 1]])
+    assert set(hist.data) == {1.0}
+    # what it builds scores as the dense 0/1 matrix does
+    np.testing.assert_array_equal(s.score(hist), s.score(hist.toarray()))
+
+
+def test_history_matrix_of_no_users() -> None:
+    hist = scorer().history_matrix([])
+    assert hist.shape == (0, N_SRC) and hist.nnz == 0
+
+
+def test_history_matrix_rejects_positions_outside_the_catalogue() -> None:
+    with pytest.raises(ValueError):
+        scorer().history_matrix([np.array([0, N_SRC + 3]), np.array([1])])

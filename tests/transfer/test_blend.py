@@ -1,0 +1,245 @@
+"""Fitting the item-to-item methods and the blend (recxfer/transfer/blend.py): what
+the ``validator`` rewards is what gets chosen; without one, the documented defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recxfer.transfer.blend import (
+    BlendConfig,
+    fit_blend,
+    fit_ease,
+    fit_itemknn,
+    fit_ridge,
+    fit_userknn,
+)
+from recxfer.transfer.ease import EASEConfig, ease_matrices
+from recxfer.transfer.itemknn import ItemKNNConfig, itemknn_matrix
+from recxfer.transfer.ridge import RidgeConfig, ridge_matrices
+from recxfer.transfer.userknn import UserKNNConfig, userknn_matrix
+
+COMPONENTS = ("ridge", "itemknn", "userknn")
+# fixed hyper-parameters (empty grids: nothing searched), far apart so the three
+# components rank differently on the tiny data
+FIXED = BlendConfig(
+    ridge=RidgeConfig(l2=1.0, l2_grid=(), top_n=100),
+    itemknn=ItemKNNConfig(shrink=0.0, shrink_grid=(), top_n=100),
+    userknn=UserKNNConfig(alpha=1.0, top_n=100),
+)
+# (15, 4): every non-empty 0/1 history over the 4 source items
+EVERY_HISTORY = sp.csr_matrix(np.array([[(k >> b) & 1 for b in range(4)] for k in range(1, 16)],
+                                       dtype=np.float32))
+FIT_ONE = {"ridge": fit_ridge, "itemknn": fit_itemknn, "userknn": fit_userknn}
+
+
+def normalised(scores: np.ndarray) -> np.ndarray:
+    top = np.abs(scores).max(axis=1, keepdims=True)
+    return np.divide(scores, top, out=np.zeros_like(scores), where=top > 0)
+
+
+def cosine_to(reference: np.ndarray):
+    """A validator: mean row cosine between the scores and ``reference``."""
+    ref = np.asarray(reference, np.float64)
+
+    def validator(scores: np.ndarray) -> float:
+        s = np.asarray(scores, np.float64)
+        num = (s * ref).sum(axis=1)
+        den = np.linalg.norm(s, axis=1) * np.linalg.norm(ref, axis=1)
+        return float(np.mean(np.divide(num, den, out=np.zeros_like(num), where=den > 0)))
+
+    return validator
+
+
+def recall_at_1(planted: np.ndarray, rows: np.ndarray):
+    """A validator: share of the validation users at ``rows`` whose top target item is
+    ``planted``."""
+    def validator(scores: np.ndarray) -> float:
+        return float(np.mean(np.argmax(scores[rows], axis=1) == planted))
+
+    return validator
+
+
+def component_scores(tiny, valid_hist, name: str) -> np.ndarray:
+    """``(n_valid, n_tgt)`` normalised scores of one component of ``FIXED``."""
+    fitted = FIT_ONE[name](tiny, getattr(FIXED, name))
+    return fitted.scorer.score(valid_hist)
+
+
+# ----------------------------------------------------------------------------- single methods
+
+
+def test_single_fits_without_validator_use_the_defaults(tiny) -> None:
+    cases = [
+        (fit_itemknn, ItemKNNConfig(shrink=5.0, top_n=100), "shrink", 5.0,
+         itemknn_matrix(tiny, 5.0, 100)),
+        (fit_ease, EASEConfig(l2=3.0, top_n=100), "l2", 3.0,
+         ease_matrices(tiny, (3.0,), 100, 20_000)[3.0]),
+        (fit_ridge, RidgeConfig(l2=3.0, top_n=100), "l2", 3.0,
+         ridge_matrices(tiny, (3.0,), 100, 20_000)[3.0]),
+    ]
+    for fit, config, key, value, matrix in cases:
+        fitted = fit(tiny, config)
+        assert fitted.info[key] == value and fitted.info["valid"] == {}
+        s = fitted.scorer
+        assert len(s.matrices) == 1 and s.weights == (1.0,) and s.pop_weight == 0.0
+        np.testing.assert_allclose(s.matrices[0].toarray(), matrix.toarray(), rtol=1e-6)
+        np.testing.assert_array_equal(s.src_item_ids, tiny.src_item_ids)
+        np.testing.assert_array_equal(s.tgt_item_ids, tiny.tgt_item_ids)
+        np.testing.assert_array_equal(s.popularity, tiny.target_popularity())
+    fitted = fit_userknn(tiny, UserKNNConfig(alpha=0.3, top_n=100))
+    assert fitted.info == {"alpha": 0.3} and fitted.scorer.names == ("userknn",)
+    np.testing.assert_allclose(fitted.scorer.matrices[0].toarray(),
+                               userknn_matrix(tiny, 0.3, 100).toarray(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("fit,config,key,planted_value", [
+    (fit_itemknn, ItemKNNConfig(shrink=100.0, shrink_grid=(0.0, 10.0, 100.0), top_n=100), "shrink", 0.0),
+    (fit_ease, EASEConfig(l2=300.0, l2_grid=(1.0, 30.0, 300.0), top_n=100), "l2", 1.0),
+    (fit_ridge, RidgeConfig(l2=100.0, l2_grid=(0.3, 10.0, 100.0), top_n=100), "l2", 0.3),
+])
+def test_single_fits_choose_what_the_validator_rewards(tiny, valid_hist, fit, config, key,
+                                                       planted_value) -> None:
+    reference = fit(tiny, _with(config, key, planted_value)).scorer.score(valid_hist)
+    shapes = []
+
+    def validator(scores: np.ndarray) -> float:
+        shapes.append(scores.shape)
+        return cosine_to(reference)(scores)
+
+    fitted = fit(tiny, config, valid_hist, validator)
+    assert fitted.info[key] == planted_value
+    assert set(fitted.info["valid"]) == {str(float(v)) for v in _grid(config)}
+    assert shapes == [(valid_hist.shape[0], len(tiny.tgt_item_ids))] * len(_grid(config))
+    np.testing.assert_allclose(fitted.scorer.score(valid_hist), reference, rtol=1e-6)
+
+
+def _grid(config):
+    return config.shrink_grid if isinstance(config, ItemKNNConfig) else config.l2_grid
+
+
+def _with(config, key, value):
+    import dataclasses
+
+    return dataclasses.replace(config, **{key: value})
+
+
+# ----------------------------------------------------------------------------- blend
+
+
+def test_blend_without_validator_weights_everything_one_and_popularity_0_1(tiny, valid_hist) -> None:
+    fitted = fit_blend(tiny, FIXED)
+    s = fitted.scorer
+    assert s.names == COMPONENTS and s.weights == (1.0, 1.0, 1.0) and s.pop_weight == 0.1
+    assert fitted.info["weights"] == {n: 1.0 for n in COMPONENTS}
+    assert fitted.info["pop_weight"] == 0.1 and fitted.info["skipped"] == {}
+    assert set(fitted.info["components"]) == set(COMPONENTS)
+    for name, matrix in zip(s.names, s.matrices):
+        alone = FIT_ONE[name](tiny, getattr(FIXED, name)).scorer.matrices[0]
+        np.testing.assert_array_equal(matrix.toarray(), alone.toarray())
+    pop = tiny.target_popularity()
+    expected = sum(normalised(component_scores(tiny, valid_hist, n)) for n in COMPONENTS)
+    np.testing.assert_allclose(s.score(valid_hist), expected + 0.1 * pop / pop.max(), rtol=1e-5)
+
+
+def test_the_fixed_components_rank_differently(tiny, valid_hist) -> None:
+    """Precondition of the tests below: no component is another one rescaled."""
+    parts = {n: component_scores(tiny, valid_hist, n) for n in COMPONENTS}
+    for a in COMPONENTS:
+        for b in COMPONENTS:
+            if a != b:
+                assert cosine_to(parts[a])(parts[b]) < 0.999, (a, b)
+
+
+@pytest.mark.parametrize("favoured", COMPONENTS)
+def test_blend_favours_the_component_the_validator_rewards(tiny, valid_hist, favoured) -> None:
+    reference = component_scores(tiny, valid_hist, favoured)
+    fitted = fit_blend(tiny, FIXED, valid_hist, cosine_to(reference))
+    weights = fitted.info["weights"]
+    assert weights[favoured] > 0, weights
+    assert all(w == 0 for n, w in weights.items() if n != favoured), weights
+    assert fitted.info["pop_weight"] == 0.0
+    assert fitted.info["valid"]["best"] == pytest.approx(1.0, abs=1e-6)
+    assert fitted.info["valid"]["tried"] == (3 ** 3 - 1) * len(FIXED.pop_grid)
+    assert fitted.scorer.weights == tuple(weights[n] for n in fitted.scorer.names)
+
+
+@pytest.mark.parametrize("favoured", COMPONENTS)
+def test_blend_recovers_a_planted_target(tiny, favoured) -> None:
+    """Validation targets planted at each user's top item of ``favoured`` (users whose
+    top item is unique): recall@1 is 1 for it alone, and ties go to the smallest
+    weights (0.5, no popularity). Validation users: every non-empty source history."""
+    valid_hist = EVERY_HISTORY
+    reference = component_scores(tiny, valid_hist, favoured)
+    rows = np.flatnonzero((reference == reference.max(axis=1, keepdims=True)).sum(axis=1) == 1)
+    assert len(rows) >= 4
+    planted = reference[rows].argmax(axis=1)
+    validator = recall_at_1(planted, rows)
+    for other in COMPONENTS:  # precondition: no other component alone gets it all
+        if other != favoured:
+            assert validator(component_scores(tiny, valid_hist, other)) < 1.0, other
+    fitted = fit_blend(tiny, FIXED, valid_hist, validator)
+    assert fitted.info["valid"]["best"] == 1.0
+    assert fitted.info["weights"] == {n: (0.5 if n == favoured else 0.0) for n in COMPONENTS}
+    assert fitted.info["pop_weight"] == 0.0
+    np.testing.assert_array_equal(fitted.scorer.score(valid_hist)[rows].argmax(axis=1), planted)
+
+
+def test_popularity_weight_is_chosen_when_rewarded(tiny, valid_hist) -> None:
+    pop = tiny.target_popularity()
+    reference = normalised(component_scores(tiny, valid_hist, "itemknn")) + 1.0 * pop / pop.max()
+    fitted = fit_blend(tiny, FIXED, valid_hist, cosine_to(reference))
+    assert fitted.info["pop_weight"] == 1.0
+    assert fitted.info["weights"]["itemknn"] == 1.0
+    assert fitted.info["weights"]["ridge"] == 0.0 and fitted.info["weights"]["userknn"] == 0.0
+
+
+@pytest.mark.parametrize("with_validator", [False, True])
+def test_a_component_too_large_is_skipped_and_recorded(tiny, valid_hist, with_validator) -> None:
+    config = BlendConfig(ridge=RidgeConfig(l2=1.0, l2_grid=(), max_items=2), itemknn=FIXED.itemknn,
+                         userknn=FIXED.userknn)
+    args = (valid_hist, cosine_to(component_scores(tiny, valid_hist, "userknn"))) if with_validator else ()
+    fitted = fit_blend(tiny, config, *args)
+    assert fitted.scorer.names == ("itemknn", "userknn")
+    assert set(fitted.info["skipped"]) == {"ridge"}
+    assert "max_items=2" in fitted.info["skipped"]["ridge"]
+    assert set(fitted.info["weights"]) == {"itemknn", "userknn"}
+    assert "ridge" not in fitted.info["components"]
+    if with_validator:
+        assert fitted.info["weights"] == {"itemknn": 0.0, "userknn": 0.5}
+
+
+def test_every_component_skipped_without_validator_is_popularity(tiny, valid_hist) -> None:
+    config = BlendConfig(components=("ridge",), ridge=RidgeConfig(max_items=1))
+    fitted = fit_blend(tiny, config)
+    assert fitted.scorer.names == () and set(fitted.info["skipped"]) == {"ridge"}
+    pop = tiny.target_popularity()
+    np.testing.assert_allclose(fitted.scorer.score(valid_hist),
+                               np.tile(pop / pop.max(), (valid_hist.shape[0], 1)), rtol=1e-6)
+
+
+def test_every_component_skipped_with_validator_is_popularity_or_a_clear_error(tiny, valid_hist) -> None:
+    config = BlendConfig(components=("ridge",), ridge=RidgeConfig(max_items=1))
+    try:
+        fitted = fit_blend(tiny, config, valid_hist, lambda scores: 0.0)
+    except ValueError as exc:
+        assert "empty sequence" not in str(exc), exc
+    else:
+        assert fitted.scorer.names == ()
+
+
+def test_a_weight_grid_of_only_zeros_is_refused() -> None:
+    with pytest.raises(ValueError, match="weight"):
+        BlendConfig(weight_grid=(0.0,))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="components"):
+        BlendConfig(components=("ease",))
+    with pytest.raises(ValueError, match="components"):
+        BlendConfig(components=())
+    with pytest.raises(ValueError, match="grids"):
+        BlendConfig(weight_grid=())
+    with pytest.raises(ValueError, match="grids"):
+        BlendConfig(pop_grid=(-0.1,))
