@@ -230,12 +230,15 @@ def train_transfers(
                                                   (10, 50), n_relevant=n_rel)
             return selection_objective(metrics)
 
+        tgt = model.domains[target]
+        emb_rows = pd.Index(tgt.user_ids).get_indexer(pd.Index(users))
+        valid_emb = tgt.user_emb[emb_rows] if len(users) and (emb_rows >= 0).all() else None
         transfer, info = fit_domain_transfer(
             train, source, target, config.blend, model.domains[source].item_ids,
-            model.domains[target].item_ids, users, validator if len(users) else None,
+            tgt.item_ids, users, validator if len(users) else None, valid_emb, tgt.item_emb,
         )
-        log.info("%s -> %s transfer: weights %s, popularity %.2f", source, target,
-                 info.get("weights"), info.get("pop_weight", 0.0))
+        log.info("%s -> %s transfer: weights %s, popularity %.2f, embeddings %.2f", source, target,
+                 info.get("weights"), info.get("pop_weight", 0.0), info.get("embedding_weight", 0.0))
         out[target] = transfer
     return out
 
@@ -310,7 +313,8 @@ def write_model_artifact(
             {"domains": domains_meta, "device": model.device, "epoch_losses": model.epoch_losses,
              "user_encoder": _save_user_encoder(builder.path, model, config),
              "transfer": {t: {"source": tr.source, "names": list(tr.scorer.names),
-                              "weights": list(tr.scorer.weights), "pop_weight": tr.scorer.pop_weight}
+                              "weights": list(tr.scorer.weights), "pop_weight": tr.scorer.pop_weight,
+                          "embedding_weight": tr.scorer.embedding_weight}
                           for t, tr in model.transfers.items()}}
         )
         builder.extra.update(extra or {})

@@ -124,9 +124,13 @@ class ItemToItemScorer:
     For a binary history ``h`` (``(n_src,)``) the score of target item ``j`` is::
 
         sum_c weights[c] * (h @ B_c)[j] / max_j' |h @ B_c|  +  pop_weight * pop[j] / max(pop)
+          + embedding_weight * (u @ V.T)[j] / max_j' |u @ V.T|
 
     (a component whose row is all zero adds nothing). Ranking one component alone is
     the same as ranking ``h @ B_c``; the per-user max puts components on one scale.
+    The last term (a hybrid with embedding retrieval) needs the user's embedding ``u``
+    (``(d,)``: a transferred row, or the history encoder's output) and the target's
+    item embeddings ``V`` (``(n_tgt, d)``), given to ``score``.
 
     Attributes:
         src_item_ids: ``(n_src,)`` source catalogue, rows of every ``B_c``.
@@ -136,6 +140,7 @@ class ItemToItemScorer:
         weights: one float per component.
         popularity: ``(n_tgt,)`` float32 training counts of the target items.
         pop_weight: weight of the popularity term (0 leaves it out).
+        embedding_weight: weight of the embedding term (0 leaves it out).
     """
 
     src_item_ids: np.ndarray
@@ -145,6 +150,7 @@ class ItemToItemScorer:
     weights: tuple[float, ...]
     popularity: np.ndarray
     pop_weight: float
+    embedding_weight: float = 0.0
 
     def __post_init__(self) -> None:
         n_src, n_tgt = len(self.src_item_ids), len(self.tgt_item_ids)
@@ -156,9 +162,11 @@ class ItemToItemScorer:
         if self.popularity.shape != (n_tgt,):
             raise ValueError(f"popularity {self.popularity.shape} != ({n_tgt},)")
 
-    def score(self, hist: Any) -> np.ndarray:
+    def score(self, hist: Any, user_emb: np.ndarray | None = None,
+              item_emb: np.ndarray | None = None) -> np.ndarray:
         """``(n, n_tgt)`` float32 scores of ``hist``, a ``(n, n_src)`` sparse (or dense)
-        0/1 history matrix (source item positions)."""
+        0/1 history matrix (source item positions); ``user_emb`` ``(n, d)`` and
+        ``item_emb`` ``(n_tgt, d)`` are required when ``embedding_weight`` is set."""
         import scipy.sparse as sp
 
         hist = sp.csr_matrix(hist, dtype=np.float32)
@@ -172,6 +180,16 @@ class ItemToItemScorer:
             scale = np.abs(part).max(axis=1, keepdims=True)  # (n, 1)
             np.divide(part, scale, out=part, where=scale > 0)
             out += np.float32(weight) * part
+        if self.embedding_weight:
+            if user_emb is None or item_emb is None:
+                raise ValueError("this scorer blends in embeddings: give user_emb and item_emb")
+            if user_emb.shape[0] != hist.shape[0] or item_emb.shape[0] != len(self.tgt_item_ids):
+                raise ValueError(f"user_emb {user_emb.shape} / item_emb {item_emb.shape} do not fit "
+                                 f"{hist.shape[0]} histories over {len(self.tgt_item_ids)} items")
+            part = np.asarray(user_emb, np.float32) @ np.asarray(item_emb, np.float32).T  # (n, n_tgt)
+            scale = np.abs(part).max(axis=1, keepdims=True)  # (n, 1)
+            np.divide(part, scale, out=part, where=scale > 0)
+            out += np.float32(self.embedding_weight) * part
         if self.pop_weight:
             top = float(self.popularity.max(initial=0.0))
             if top > 0:

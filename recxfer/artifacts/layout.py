@@ -16,7 +16,7 @@ ids as JSON lists of strings)::
 Per target ``T`` with an item-to-item transfer (``DomainTransfer``), aligned to the
 source's and the target's item tables::
 
-    transfer/T/meta.json         {"source", "names", "weights", "pop_weight"}
+    transfer/T/meta.json         {"source", "names", "weights", "pop_weight", "embedding_weight"}
     transfer/T/popularity.npy    (n_tgt,) float32
     transfer/T/<name>_{indptr,indices,data}.npy   csr (n_src, n_tgt) per component
 """
@@ -139,6 +139,7 @@ def save_transfer(folder: Path, transfer: DomainTransfer) -> None:
     (out / "meta.json").write_text(json.dumps({
         "source": transfer.source, "names": list(scorer.names),
         "weights": [float(w) for w in scorer.weights], "pop_weight": float(scorer.pop_weight),
+        "embedding_weight": float(scorer.embedding_weight),
     }))
 
 
@@ -173,7 +174,8 @@ def load_transfer(
         popularity = np.load(artifact.file(f"{base}/popularity.npy"), allow_pickle=False)
         scorer = ItemToItemScorer(src_item_ids, tgt_item_ids, tuple(str(n) for n in names),
                                   tuple(matrices), tuple(float(w) for w in weights),
-                                  popularity.astype(np.float32), float(meta["pop_weight"]))
+                                  popularity.astype(np.float32), float(meta["pop_weight"]),
+                                  float(meta.get("embedding_weight", 0.0)))
         return DomainTransfer(str(meta["source"]), target, scorer)
     except ArtifactError:
         raise

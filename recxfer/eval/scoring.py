@@ -53,7 +53,7 @@ def domain_score_fn(
             pick = [i for i, r in enumerate(user_rows) if r >= 0 and len(histories[r])]
             if pick:
                 hist = transfer.scorer.history_matrix([histories[user_rows[i]] for i in pick])
-                out[pick] = transfer.scorer.score(hist)
+                out[pick] = transfer.scorer.score(hist, emb.user_emb[user_rows[pick]], emb.item_emb)
         return out
 
     return score

@@ -122,10 +122,14 @@ class HistoryScores:
     scorer: ItemToItemScorer
     epochs_trained: int
     info: dict
+    user_emb: np.ndarray | None = None
+    item_emb: np.ndarray | None = None
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), n_items)`` float32 scores of the users at ``rows``."""
-        return self.scorer.score(self.history[np.asarray(rows, np.int64)])
+        rows = np.asarray(rows, np.int64)
+        user_emb = None if self.user_emb is None else self.user_emb[rows]
+        return self.scorer.score(self.history[rows], user_emb, self.item_emb)
 
 
 TargetScorer = TargetEmbeddings | HistoryScores
@@ -218,11 +222,27 @@ def _fit_item_to_item(
         def score_validator(scores: np.ndarray) -> float:
             return validator(lambda rows: scores[rows], matrices.tgt_item_ids)
 
-    fitted: FittedScorer = fit(matrices, getattr(config, field_name), valid_hist, score_validator)
     history = matrices.src[matrices.user_rows(cold_users)]
     empty = np.diff(history.indptr) == 0
     if empty.any():
         raise ValueError(f"{int(empty.sum())} cold users have no source history")
+    if method == "blend" and config.blend.embedding and score_validator is not None:
+        # the hybrid: the shared model's embeddings as one more term of the blend
+        emb = fit_cold_start("shared", train, source, target, np.union1d(cold_users, valid_users),
+                             config, valid_users, validator)
+        cols = pd.Index(emb.item_ids).get_indexer(pd.Index(matrices.tgt_item_ids))
+        if (cols < 0).any():
+            raise ValueError("the shared model lacks target items the item-to-item matrices have")
+        item_emb = np.asarray(emb.item_emb[cols], np.float32)  # (n_tgt, d)
+        rows_of = pd.Index(emb.user_ids)
+        valid_emb = emb.user_emb[rows_of.get_indexer(pd.Index(valid_users))]  # (n_valid, d)
+        fitted = fit_blend(matrices, config.blend, valid_hist, score_validator, valid_emb @ item_emb.T)
+        user_emb = np.asarray(emb.user_emb[rows_of.get_indexer(pd.Index(cold_users))], np.float32)
+        info = fitted.info | {"embedding_model": {"epochs": emb.epochs_trained,
+                                                  "val_scores": emb.info.get("val_scores")}}
+        return HistoryScores(matrices.tgt_item_ids, cold_users, history, fitted.scorer,
+                             emb.epochs_trained, info, user_emb, item_emb)
+    fitted: FittedScorer = fit(matrices, getattr(config, field_name), valid_hist, score_validator)
     return HistoryScores(matrices.tgt_item_ids, cold_users, history, fitted.scorer, 0, fitted.info)
 
 

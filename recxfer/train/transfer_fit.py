@@ -35,7 +35,8 @@ def align_scorer(scorer: ItemToItemScorer, src_item_ids: np.ndarray, tgt_item_id
     popularity = np.zeros(len(tgt_item_ids), np.float32)
     popularity[col_of[cols_have]] = scorer.popularity[cols_have]
     return ItemToItemScorer(np.asarray(src_item_ids, dtype=object), np.asarray(tgt_item_ids, dtype=object),
-                            scorer.names, matrices, scorer.weights, popularity, scorer.pop_weight)
+                            scorer.names, matrices, scorer.weights, popularity, scorer.pop_weight,
+                            scorer.embedding_weight)
 
 
 def fit_domain_transfer(
@@ -47,9 +48,13 @@ def fit_domain_transfer(
     tgt_item_ids: np.ndarray,
     valid_users: Sequence[str] = (),
     validator: ScoresValidator | None = None,
+    valid_user_emb: np.ndarray | None = None,
+    tgt_item_emb: np.ndarray | None = None,
 ) -> tuple[DomainTransfer, dict]:
     """The ``blend`` transfer ``source -> target`` on ``train``, chosen on the
     ``valid_users`` by ``validator(scores, tgt_item_ids)``, aligned to the tables.
+    ``valid_user_emb`` (``(n_valid, d)``) and ``tgt_item_emb`` (``(len(tgt_item_ids), d)``,
+    the tables' order) add the embedding model's scores to the search (a hybrid).
 
     Returns:
         ``(transfer, info)``: info says what validation chose.
@@ -63,6 +68,12 @@ def fit_domain_transfer(
         def score_validator(scores: np.ndarray) -> float:
             return validator(scores, matrices.tgt_item_ids)
 
-    fitted = fit_blend(matrices, config, valid_hist, score_validator)
+    emb_scores = None
+    if valid_hist is not None and valid_user_emb is not None and tgt_item_emb is not None:
+        cols = pd.Index(tgt_item_ids).get_indexer(pd.Index(matrices.tgt_item_ids))  # (n_tgt,)
+        if (cols < 0).any():
+            raise ValueError(f"{int((cols < 0).sum())} target items have no embedding")
+        emb_scores = np.asarray(valid_user_emb, np.float32) @ np.asarray(tgt_item_emb[cols], np.float32).T
+    fitted = fit_blend(matrices, config, valid_hist, score_validator, emb_scores)
     scorer = align_scorer(fitted.scorer, src_item_ids, tgt_item_ids)
     return DomainTransfer(source, target, scorer), fitted.info

@@ -46,6 +46,10 @@ class BlendConfig:
     userknn: UserKNNConfig = field(default_factory=UserKNNConfig)
     weight_grid: tuple[float, ...] = (0.0, 0.5, 1.0)
     pop_grid: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
+    # weights of the embedding model's scores (a hybrid), searched when the caller
+    # gives them (the product job and bench-cdr do: the shared model's embeddings)
+    embedding_grid: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0, 10.0)
+    embedding: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.components) - {"ridge", "itemknn", "userknn"}
@@ -53,6 +57,8 @@ class BlendConfig:
             raise ValueError(f"blend components must be some of ridge, itemknn, userknn; got {self.components}")
         if not self.weight_grid or min(self.weight_grid) < 0 or min(self.pop_grid, default=0) < 0:
             raise ValueError("blend weight grids must be non-empty and >= 0")
+        if min(self.embedding_grid, default=0) < 0:
+            raise ValueError("blend embedding_grid must be >= 0")
         if max(self.weight_grid) <= 0:
             raise ValueError("blend weight_grid needs a value > 0 (all zeros would score nothing)")
 
@@ -65,9 +71,11 @@ class FittedScorer:
     info: dict
 
 
-def _scorer(m: SourceTargetMatrices, names, matrices, weights, pop_weight) -> ItemToItemScorer:
+def _scorer(m: SourceTargetMatrices, names, matrices, weights, pop_weight,
+            embedding_weight: float = 0.0) -> ItemToItemScorer:
     return ItemToItemScorer(m.src_item_ids, m.tgt_item_ids, tuple(names), tuple(matrices),
-                            tuple(float(w) for w in weights), m.target_popularity(), float(pop_weight))
+                            tuple(float(w) for w in weights), m.target_popularity(), float(pop_weight),
+                            float(embedding_weight))
 
 
 def _single(m: SourceTargetMatrices, name: str, candidates: dict[float, sp.csr_matrix],
@@ -127,10 +135,13 @@ def fit_userknn(m: SourceTargetMatrices, config: UserKNNConfig = UserKNNConfig()
 
 def fit_blend(m: SourceTargetMatrices, config: BlendConfig = BlendConfig(),
               valid_hist: sp.csr_matrix | None = None,
-              validator: ScoreValidator | None = None) -> FittedScorer:
+              validator: ScoreValidator | None = None,
+              valid_emb_scores: np.ndarray | None = None) -> FittedScorer:
     """Fit each component (its own hyper-parameter on validation), then the weights.
 
-    Without a validator every component gets weight 1 and popularity 0.1.
+    Without a validator every component gets weight 1 and popularity 0.1 (and the
+    embedding term 0). ``valid_emb_scores`` (``(n_valid, n_tgt)``: an embedding
+    model's scores of the validation users) adds the embedding term to the search.
     """
     fitters = {"ridge": lambda: fit_ridge(m, config.ridge, valid_hist, validator),
                "itemknn": lambda: fit_itemknn(m, config.itemknn, valid_hist, validator),
@@ -146,34 +157,60 @@ def fit_blend(m: SourceTargetMatrices, config: BlendConfig = BlendConfig(),
         names.append(name)
         matrices.append(fitted.scorer.matrices[0])
         info["components"][name] = fitted.info
+    emb_weight = 0.0
     if not names:  # nothing could be built: popularity alone, said so in info
         weights, pop_weight = [], 1.0
     elif validator is None or valid_hist is None:
         weights, pop_weight = [1.0] * len(names), 0.1
     else:
-        weights, pop_weight, info["valid"] = _search_weights(m, names, matrices, valid_hist,
-                                                            validator, config)
+        use_emb = config.embedding and valid_emb_scores is not None
+        weights, pop_weight, emb_weight, info["valid"] = _search_weights(
+            m, names, matrices, valid_hist, validator, config,
+            valid_emb_scores if use_emb else None)
     info["weights"] = dict(zip(names, weights))
     info["pop_weight"] = pop_weight
-    return FittedScorer(_scorer(m, names, matrices, weights, pop_weight), info)
+    info["embedding_weight"] = emb_weight
+    return FittedScorer(_scorer(m, names, matrices, weights, pop_weight, emb_weight), info)
 
 
-def _search_weights(m, names, matrices, valid_hist, validator, config):
-    """Grid search of component and popularity weights on validation: each
-    component's normalised validation scores are computed once."""
+def _max_normalised(scores: np.ndarray) -> np.ndarray:
+    """Each row over its max magnitude, as ``ItemToItemScorer.score`` does."""
+    scores = np.array(scores, dtype=np.float32)
+    scale = np.abs(scores).max(axis=1, keepdims=True)
+    np.divide(scores, scale, out=scores, where=scale > 0)
+    return scores
+
+
+def _search_weights(m, names, matrices, valid_hist, validator, config, emb_scores):
+    """Grid search of component, popularity and embedding weights on validation:
+    each term's normalised validation scores are computed once."""
     parts = [_scorer(m, [n], [x], [1.0], 0.0).score(valid_hist) for n, x in zip(names, matrices)]
     pop = _scorer(m, [], [], [], 1.0).score(valid_hist)  # (n_valid, n_tgt)
-    best, best_key, tried = -np.inf, None, 0
+    emb = None if emb_scores is None else _max_normalised(emb_scores)
+    best, best_key, tried = None, None, 0
+
+    def consider(weights, pop_weight, emb_weight):
+        nonlocal best, best_key, tried
+        scores = sum(np.float32(w) * p for w, p in zip(weights, parts) if w) + np.float32(pop_weight) * pop
+        if emb_weight:
+            scores = scores + np.float32(emb_weight) * emb
+        value = validator(scores)
+        tried += 1
+        key = (value, -sum(weights) - pop_weight - emb_weight)  # ties: smaller weights win
+        if best_key is None or key > best_key:
+            best_key, best = key, (list(weights), float(pop_weight), float(emb_weight), value)
+
+    # stage 1: item-to-item components and popularity
     for weights in itertools.product(config.weight_grid, repeat=len(names)):
-        if max(weights) == 0:
-            continue
-        for pop_weight in config.pop_grid or (0.0,):
-            scores = sum(np.float32(w) * p for w, p in zip(weights, parts) if w) + np.float32(pop_weight) * pop
-            value = validator(scores)
-            tried += 1
-            # ties: the simpler blend (fewer, smaller weights) wins
-            key = (value, -sum(weights) - pop_weight)
-            if best_key is None or key > best_key:
-                best_key, best = key, (list(weights), float(pop_weight), value)
-    weights, pop_weight, value = best
-    return weights, pop_weight, {"best": value, "tried": tried}
+        if max(weights) > 0:
+            for pop_weight in config.pop_grid or (0.0,):
+                consider(weights, pop_weight, 0.0)
+    # stage 2: the embedding term on top of stage 1's components (popularity re-chosen)
+    if emb is not None:
+        weights = best[0]
+        for emb_weight in config.embedding_grid:
+            if emb_weight > 0:
+                for pop_weight in config.pop_grid or (0.0,):
+                    consider(weights, pop_weight, emb_weight)
+    weights, pop_weight, emb_weight, value = best
+    return weights, pop_weight, emb_weight, {"best": value, "tried": tried}

@@ -55,8 +55,11 @@ def ease_matrices(m: SourceTargetMatrices, l2_values: tuple[float, ...], top_n: 
     gram = torch.from_numpy((joint.T @ joint).toarray().astype(np.float64))  # (n, n)
     evals, evecs = torch.linalg.eigh(gram)
     out = {}
+    src_vecs, tgt_vecs = evecs[:n_src], evecs[n_src:]  # (n_src, n), (n_tgt, n)
     for l2 in l2_values:
-        inv = (evecs / (evals + l2)) @ evecs.T  # (n, n) = (G + l2 I)^-1
-        block = -inv[:n_src, n_src:] / torch.diagonal(inv)[None, n_src:]  # (n_src, n_tgt)
+        # only the source -> target block of P = (G + l2 I)^-1 and P's target diagonal
+        inv_block = (src_vecs / (evals + l2)) @ tgt_vecs.T  # (n_src, n_tgt)
+        inv_diag = ((tgt_vecs**2) / (evals + l2)).sum(dim=1)  # (n_tgt,)
+        block = -inv_block / inv_diag[None, :]  # (n_src, n_tgt)
         out[l2] = top_n_per_row(block.numpy().astype(np.float32), top_n)
     return out
