@@ -106,7 +106,9 @@ class JobConfig:
                               lr=5e-3, max_history=50, patience=4)
         )
     )
-    blend: BlendConfig = field(default_factory=BlendConfig)
+    # the product trains the shared embeddings anyway (warm users, similar items), so
+    # the hybrid term costs nothing here; validation sets its weight (0 allowed)
+    blend: BlendConfig = field(default_factory=lambda: BlendConfig(embedding=True))
     split: SplitConfig = field(default_factory=SplitConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     ks: tuple[int, ...] = DEFAULT_KS

@@ -9,14 +9,16 @@ A target domain with an item-to-item transfer (``DomainTransfer``, stored under
 cold-start users from their source history instead: a known ``transfer`` user
 with a source history in ``Recommend``/``BatchRecommend``, and every
 ``RecommendFromHistory`` from that source. Those answers are the exact top-k of
-``scorer.score`` (``transfer_search``), the same formula as offline evaluation.
+``scorer.score`` (``transfer_search``), the same formula as offline evaluation
+(``recxfer/eval/scoring.py``); a scorer's embedding term takes the user's stored
+target embedding, or for a query-time history the history encoder's output.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +216,8 @@ def transfer_search(
     ks: Sequence[int],
     exclude: Sequence[np.ndarray],
     allow: Sequence[np.ndarray | None],
+    user_emb: np.ndarray | None = None,
+    item_emb: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-``ks[i]`` target items of each source history through ``scorer``.
 
@@ -226,6 +230,9 @@ def transfer_search(
         ks: ``n`` values of k, each ``>= 1``.
         exclude: ``n`` arrays of target positions never returned.
         allow: ``n`` entries, ``None`` or the target positions that may be returned.
+        user_emb: ``(n, d)`` the users' target embeddings and ``item_emb``
+            ``(n_tgt, d)`` the target's item table, for a scorer with an embedding
+            term (``scorer.embedding_weight``); unused otherwise.
 
     Returns:
         ``n`` pairs ``(idx (k',), scores (k',) float32)``, best first; ``k' < k``
@@ -236,7 +243,9 @@ def transfer_search(
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, n, step):
         rows = range(start, min(n, start + step))
-        scores = scorer.score(scorer.history_matrix([histories[i] for i in rows]))  # (m, n_tgt)
+        hist = scorer.history_matrix([histories[i] for i in rows])  # (m, n_src)
+        chunk_emb = None if user_emb is None else user_emb[rows.start : rows.stop]  # (m, d)
+        scores = scorer.score(hist, chunk_emb, item_emb)  # (m, n_tgt)
         k_max = min(max(ks[i] for i in rows), max(1, n_tgt))
         result = topk_dense(scores, k_max, [exclude[i] for i in rows], [allow[i] for i in rows])
         for out_row, i in enumerate(rows):
@@ -347,7 +356,7 @@ class ServingModel:
             transfer = self.transfers.get(name)
             source = self.domains.get(transfer.source) if transfer is not None else None
             known, ks, exclude, allow = [], [], [], []
-            via_transfer: list[tuple[int, np.ndarray]] = []  # (query, source history)
+            via_transfer: list[tuple[int, int, np.ndarray]] = []  # (query, row, source history)
             t_ks, t_exclude, t_allow = [], [], []
             for i in positions:
                 query = queries[i]
@@ -368,7 +377,7 @@ class ServingModel:
                 )
                 history = _source_history(served, row, source, query.user_id)
                 if history is not None:
-                    via_transfer.append((i, history))
+                    via_transfer.append((i, row, history))
                     t_ks.append(query.k)
                     t_allow.append(allowed)
                     t_exclude.append(excluded)
@@ -379,10 +388,12 @@ class ServingModel:
                 exclude.append(excluded)
             if via_transfer:
                 assert transfer is not None
+                t_rows = np.array([row for _, row, _ in via_transfer], dtype=np.int64)
                 results = transfer_search(
-                    transfer.scorer, [h for _, h in via_transfer], t_ks, t_exclude, t_allow
+                    transfer.scorer, [h for _, _, h in via_transfer], t_ks, t_exclude, t_allow,
+                    served.emb.user_emb[t_rows], served.emb.item_emb,
                 )
-                for (i, _), (idx, scores) in zip(via_transfer, results):
+                for (i, _, _), (idx, scores) in zip(via_transfer, results):
                     out[i] = Recommendation(served.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
             if not known:
                 continue
@@ -453,8 +464,10 @@ class ServingModel:
 
         Scored by the item-to-item transfer into ``target_domain`` when it has one
         from ``source_domain`` (the known ids, deduplicated); otherwise embedded at
-        query time by the artifact's inductive user encoder. No seen-item
-        exclusion (the user is new); ``item_filter`` applies either way.
+        query time by the artifact's inductive user encoder. A transfer with an
+        embedding term takes the user's embedding from that encoder; without an
+        encoder the term is left out (the item-to-item part alone ranks). No
+        seen-item exclusion (the user is new); ``item_filter`` applies either way.
 
         Raises:
             UnknownDomainError; NoHistoryEncoderError when the artifact has neither
@@ -477,13 +490,20 @@ class ServingModel:
                 f"none of the {len(source_item_ids)} ids is known in domain {source_domain!r}"
             )
         allowed, denied = target.filter_positions(item_filter)
+        encoded = (
+            None if self.history_encoder is None
+            else self.history_encoder.encode(source.emb.item_emb[positions])[None, :]  # (1, d)
+        )
         if transfer is not None:
+            scorer = transfer.scorer
+            if scorer.embedding_weight and encoded is None:
+                scorer = replace(scorer, embedding_weight=0.0)
             ((idx, scores),) = transfer_search(
-                transfer.scorer, [np.unique(positions)], [k], [denied], [allowed]
+                scorer, [np.unique(positions)], [k], [denied], [allowed], encoded, target.emb.item_emb
             )
             return Recommendation(target.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
-        assert self.history_encoder is not None
-        query = self.history_encoder.encode(source.emb.item_emb[positions])[None, :]  # (1, d)
+        assert encoded is not None
+        query = encoded
         ((idx, scores),) = target.search(query, [k], [denied], [allowed])
         return Recommendation(target.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
 
@@ -586,14 +606,15 @@ def _check_transfer(
             raise ArtifactError(f"{what}: its {side} items are not the {side} domain's item table")
     numbers = [np.asarray(m.data) for m in scorer.matrices]
     numbers += [scorer.popularity, np.asarray(scorer.weights, np.float64),
-                np.asarray([scorer.pop_weight], np.float64)]
+                np.asarray([scorer.pop_weight, scorer.embedding_weight], np.float64)]
     if not all(np.isfinite(x).all() for x in numbers):
         raise ArtifactError(f"{what}: matrices, popularity or weights hold non-finite values")
-    seen = source.emb.seen
+    seen, tgt = source.emb.seen, domains[target].emb
     rows = np.flatnonzero(np.diff(seen.indptr) > 0)
     history = seen.row(int(rows[0])) if rows.size else np.zeros(min(1, len(source.emb.item_ids)), np.int64)
+    user_emb = tgt.user_emb[:1] if len(tgt.user_ids) else np.zeros((1, tgt.item_emb.shape[1]), np.float32)
     try:
-        scores = scorer.score(scorer.history_matrix([history]))
+        scores = scorer.score(scorer.history_matrix([history]), user_emb, tgt.item_emb)
     except (ValueError, IndexError, TypeError) as exc:
         raise ArtifactError(f"{what}: cannot score a history: {exc}") from exc
     if scores.shape != (1, len(scorer.tgt_item_ids)) or not np.isfinite(scores).all():
