@@ -167,14 +167,17 @@ def plain_model(troot, tdomains) -> ServingModel:
 
 
 def offline_topk(
-    transfer: DomainTransfer, history_ids, k, exclude_ids=(), allow_ids=None
+    transfer: DomainTransfer, history_ids, k, exclude_ids=(), allow_ids=None,
+    user_emb=None, item_emb=None,
 ) -> tuple[list[str], np.ndarray]:
-    """What offline evaluation ranks: ``scorer.score`` of the history, admissible
-    items by score descending, ties by lower position."""
+    """What offline evaluation ranks: ``scorer.score`` of the history (with the
+    user's ``(d,)`` embedding and the target items' for an embedding term),
+    admissible items by score descending, ties by lower position."""
     scorer = transfer.scorer
     src = {str(i): j for j, i in enumerate(scorer.src_item_ids)}
     positions = [src[i] for i in history_ids if i in src]
-    scores = scorer.score(scorer.history_matrix([np.array(positions)]))[0]  # (n_tgt,)
+    user_emb = None if user_emb is None else np.asarray(user_emb, np.float32)[None, :]
+    scores = scorer.score(scorer.history_matrix([np.array(positions)]), user_emb, item_emb)[0]
     order = np.argsort(-scores, kind="stable")
     ids = [str(i) for i in scorer.tgt_item_ids]
     order = [j for j in order
@@ -347,9 +350,9 @@ class CountingScorer:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def score(self, hist):
+    def score(self, hist, user_emb=None, item_emb=None):
         self.calls.append(hist.shape[0])
-        return self.inner.score(hist)
+        return self.inner.score(hist, user_emb, item_emb)
 
 
 def test_batch_equals_single_and_scores_transfer_users_in_one_call(tmodel):
@@ -383,21 +386,23 @@ def test_batch_equals_single_and_scores_transfer_users_in_one_call(tmodel):
         assert got.user_origin == want.user_origin
 
 
-def test_large_batches_are_scored_in_chunks(tmodel, monkeypatch):
+@pytest.mark.parametrize("which", ["tmodel", "emb_model"])
+def test_large_batches_are_scored_in_chunks(request, monkeypatch, which):
     import recxfer.serve.model as model_module
 
+    tmodel = request.getfixturevalue(which)
     calls: list[int] = []
     t = tmodel.transfers[TGT]
     counting = replace(tmodel, transfers={TGT: replace(t, scorer=CountingScorer(t.scorer, calls))})
     queries = [RecommendQuery(u, TGT, 3) for u in ["carol", "gina"] * 5]
-    want = counting.recommend_many(queries)
+    want = [tmodel.recommend(q.user_id, TGT, 3) for q in queries]
     monkeypatch.setattr(model_module, "TRANSFER_SCORE_BUDGET", 3 * len(TGT_ITEMS))
     calls.clear()
     got = counting.recommend_many(queries)
     assert calls == [3, 3, 3, 1]
     for a, b in zip(got, want):
         assert list(a.item_ids) == list(b.item_ids)
-        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)  # dense term: BLAS rounding
 
 
 # --- (f) a malformed transfer refuses the artifact ------------------------------------------
@@ -537,3 +542,84 @@ def test_transfer_over_grpc(start_server, tmodel, tdomains, transfer):
         )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no item-to-item transfer into 'video'" in info.value.details()
+
+
+# --- a transfer with an embedding term (the blend hybrid) ---------------------------------
+
+EMB_WEIGHT = 0.4
+
+
+@pytest.fixture(scope="module")
+def emb_transfer(transfer) -> DomainTransfer:
+    return replace(transfer, scorer=replace(transfer.scorer, embedding_weight=EMB_WEIGHT))
+
+
+@pytest.fixture(scope="module")
+def emb_model(troot, tdomains, emb_transfer) -> ServingModel:
+    artifact = write_transfer_artifact(troot, tdomains, emb_transfer, version="e1")
+    return ServingModel.from_artifact(artifact.path, device="cpu")
+
+
+def _row(emb: DomainEmbeddings, user_id: str) -> int:
+    return list(emb.user_ids).index(user_id)
+
+
+def test_embedding_weight_round_trips(emb_model):
+    assert emb_model.transfers[TGT].scorer.embedding_weight == pytest.approx(EMB_WEIGHT)
+
+
+@pytest.mark.parametrize("user_id", ["carol", "gina"])
+def test_embedding_term_uses_the_users_target_embedding(emb_model, tdomains, emb_transfer, user_id):
+    books = tdomains[TGT]
+    ids, scores = offline_topk(emb_transfer, source_history(tdomains, user_id), 15,
+                               exclude_ids=target_seen(user_id),
+                               user_emb=books.user_emb[_row(books, user_id)], item_emb=books.item_emb)
+    assert_same(emb_model.recommend(user_id, TGT, 15), ids, scores)
+    # and the term matters here: without it the ranking differs
+    assert ids != offline_topk(emb_transfer, source_history(tdomains, user_id), 15,
+                               exclude_ids=target_seen(user_id), user_emb=np.zeros(DIM, np.float32),
+                               item_emb=books.item_emb)[0]
+
+
+def test_embedding_term_batch_equals_single(emb_model):
+    queries = [RecommendQuery(u, TGT, 4) for u in ("gina", "alice", "carol", "hank")]
+    for query, got in zip(queries, emb_model.recommend_many(queries)):
+        want = emb_model.recommend(query.user_id, TGT, 4)
+        assert list(got.item_ids) == list(want.item_ids) and got.user_origin == want.user_origin
+        np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
+
+
+def test_from_history_embedding_term_comes_from_the_history_encoder(emb_model, tdomains, emb_transfer):
+    from recxfer.serve.history import HistoryEncoder
+
+    video, books = tdomains[SRC], tdomains[TGT]
+    history = ["v07", "v01", "zz", "v04"]
+    pooled = video.item_emb[[7, 1, 4]].mean(axis=0)
+    ids, scores = offline_topk(emb_transfer, history, 6, user_emb=pooled, item_emb=books.item_emb)
+    model = replace(emb_model, history_encoder=HistoryEncoder("mean", 50))
+    assert_same(model.recommend_from_history(SRC, history, TGT, 6), ids, scores)
+
+
+def test_from_history_without_encoder_leaves_the_embedding_term_out(emb_model, tdomains, transfer):
+    history = source_history(tdomains, "carol")
+    ids, scores = offline_topk(transfer, history, 6)  # the same scorer, embedding_weight 0
+    assert_same(emb_model.recommend_from_history(SRC, history, TGT, 6), ids, scores)
+
+
+def test_non_finite_embedding_weight_is_refused(tmp_path, tdomains, emb_transfer):
+    artifact = write_transfer_artifact(tmp_path, tdomains, emb_transfer,
+                                       tamper=_meta(embedding_weight=float("inf")))
+    with pytest.raises(ArtifactError, match="non-finite"):
+        ServingModel.from_artifact(artifact.path, device="cpu")
+
+
+def test_embedding_transfer_over_grpc(start_server, emb_model, tdomains, emb_transfer):
+    books = tdomains[TGT]
+    running = start_server(ModelHolder(emb_model))
+    ids, scores = offline_topk(emb_transfer, source_history(tdomains, "carol"), 5,
+                               user_emb=books.user_emb[_row(books, "carol")], item_emb=books.item_emb)
+    response = running.stub.Recommend(
+        pb.RecommendRequest(user_id="carol", domain=TGT, k=5), timeout=TIMEOUT
+    )
+    assert [item.item_id for item in response.items] == ids
+    np.testing.assert_allclose([item.score for item in response.items], scores, rtol=0, atol=1e-6)
