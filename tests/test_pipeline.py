@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recxfer.artifacts import current_version, load_domain, read_artifact
@@ -118,3 +119,32 @@ def test_recommend_from_history_equals_recommend_for_a_cold_user(job) -> None:
     assert stored.user_kind == fresh.user_kind == "transfer"
     assert fresh.item_ids == stored.item_ids
     assert fresh.scores == pytest.approx(stored.scores, abs=1e-4)
+
+
+def test_served_cold_users_equal_the_offline_scores(job) -> None:
+    """The shipped default (blend): what the server answers a cold user is the top of
+    the very scores the offline report ranks (``recxfer.eval.scoring``)."""
+    from recxfer.artifacts import load_domain, read_artifact
+    from recxfer.eval.scoring import domain_score_fn
+    from recxfer.pipeline import artifact_transfer
+
+    root, _ = job
+    artifact = read_artifact(root / "current")
+    assert artifact.manifest["config"]["method"] == "blend"
+    model = ServingModel.from_artifact(root / "current")
+    source = load_domain(artifact, "video")
+    for target in ("books", "music"):
+        emb = load_domain(artifact, target)
+        transfer = artifact_transfer(artifact, target, source, emb)
+        assert transfer is not None and target in model.transfers
+        score = domain_score_fn(emb, transfer, source)
+        cold = np.flatnonzero(emb.user_origin == UserOrigin.TRANSFER.value)[:40]
+        offline = score(cold)  # (40, n_items)
+        for row, scores in zip(cold, offline):
+            rec = model.recommend(str(emb.user_ids[row]), target, 10)
+            seen = emb.seen.row(int(row))
+            scores = scores.copy()
+            scores[seen] = -np.inf
+            top = np.argsort(-scores, kind="stable")[:10]
+            assert list(rec.item_ids) == list(emb.item_ids[top])
+            np.testing.assert_allclose(rec.scores, scores[top], rtol=1e-5, atol=1e-6)
