@@ -94,37 +94,44 @@ def _single(m: SourceTargetMatrices, name: str, candidates: dict[float, sp.csr_m
     return best, candidates[best], scores
 
 
+def _fit_searched(m: SourceTargetMatrices, name: str, param: str,
+                  build: Callable[[tuple[float, ...]], dict[float, sp.csr_matrix]],
+                  grid: tuple[float, ...], default: float, valid_hist: sp.csr_matrix | None,
+                  validator: ScoreValidator | None) -> FittedScorer:
+    """One single-matrix method whose hyper-parameter ``param`` is chosen from
+    ``grid`` on validation (``default`` alone without a validator or a grid);
+    ``build(values)`` gives ``value -> matrix``."""
+    values = tuple(float(v) for v in grid) if validator is not None and grid else (float(default),)
+    value, matrix, scores = _single(m, name, build(values), valid_hist, validator, default)
+    return FittedScorer(_scorer(m, [name], [matrix], [1.0], 0.0),
+                        {param: value, "valid": {str(k): v for k, v in scores.items()}})
+
+
 def fit_itemknn(m: SourceTargetMatrices, config: ItemKNNConfig = ItemKNNConfig(),
                 valid_hist: sp.csr_matrix | None = None,
                 validator: ScoreValidator | None = None) -> FittedScorer:
     """``itemknn`` with ``shrink`` chosen on validation."""
-    grid = config.shrink_grid if validator is not None and config.shrink_grid else (config.shrink,)
-    candidates = {float(s): itemknn_matrix(m, s, config.top_n) for s in grid}
-    shrink, matrix, scores = _single(m, "itemknn", candidates, valid_hist, validator, config.shrink)
-    return FittedScorer(_scorer(m, ["itemknn"], [matrix], [1.0], 0.0),
-                        {"shrink": shrink, "valid": {str(k): v for k, v in scores.items()}})
+    return _fit_searched(
+        m, "itemknn", "shrink", lambda values: {s: itemknn_matrix(m, s, config.top_n) for s in values},
+        config.shrink_grid, config.shrink, valid_hist, validator)
 
 
 def fit_ease(m: SourceTargetMatrices, config: EASEConfig = EASEConfig(),
              valid_hist: sp.csr_matrix | None = None,
              validator: ScoreValidator | None = None) -> FittedScorer:
     """``ease`` with ``l2`` chosen on validation."""
-    grid = config.l2_grid if validator is not None and config.l2_grid else (config.l2,)
-    candidates = ease_matrices(m, tuple(float(v) for v in grid), config.top_n, config.max_items)
-    l2, matrix, scores = _single(m, "ease", candidates, valid_hist, validator, config.l2)
-    return FittedScorer(_scorer(m, ["ease"], [matrix], [1.0], 0.0),
-                        {"l2": l2, "valid": {str(k): v for k, v in scores.items()}})
+    return _fit_searched(
+        m, "ease", "l2", lambda values: ease_matrices(m, values, config.top_n, config.max_items),
+        config.l2_grid, config.l2, valid_hist, validator)
 
 
 def fit_ridge(m: SourceTargetMatrices, config: RidgeConfig = RidgeConfig(),
               valid_hist: sp.csr_matrix | None = None,
               validator: ScoreValidator | None = None) -> FittedScorer:
     """``ridge`` with ``l2`` chosen on validation."""
-    grid = config.l2_grid if validator is not None and config.l2_grid else (config.l2,)
-    candidates = ridge_matrices(m, tuple(float(v) for v in grid), config.top_n, config.max_items)
-    l2, matrix, scores = _single(m, "ridge", candidates, valid_hist, validator, config.l2)
-    return FittedScorer(_scorer(m, ["ridge"], [matrix], [1.0], 0.0),
-                        {"l2": l2, "valid": {str(k): v for k, v in scores.items()}})
+    return _fit_searched(
+        m, "ridge", "l2", lambda values: ridge_matrices(m, values, config.top_n, config.max_items),
+        config.l2_grid, config.l2, valid_hist, validator)
 
 
 def fit_userknn(m: SourceTargetMatrices, config: UserKNNConfig = UserKNNConfig(),
