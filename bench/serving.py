@@ -7,13 +7,23 @@ Builds a synthetic artifact (``--items`` random items, ``--users`` users with
 
 1. **raw faiss** (the baseline): ``index.search`` in this process, batches of
    ``--batch`` queries (``raw_faiss_qps``) and single queries
-   (``raw_faiss_unary_qps``), ``--duration`` seconds each;
-2. starts ``recxfer serve`` on that artifact in a subprocess and drives it from
-   an asyncio gRPC load generator in this process with ``Recommend`` (one user
-   per call) and ``BatchRecommend`` (``--batch`` users per call) at each
+   (``raw_faiss_unary_qps``), ``--duration`` seconds each, the best of three ways
+   (1 caller x all threads, 1 caller x 1 thread, one caller per core x 1 thread);
+2. **gRPC**: ``recxfer serve`` on that artifact in a subprocess, driven from an
+   asyncio gRPC load generator in this process with ``Recommend`` (one user per
+   call) and ``BatchRecommend`` (``--batch`` users per call) at each
    ``--concurrency`` (calls in flight), ``--duration`` seconds each, after a
    warm-up call; calls started within the window are all waited for and
    counted (closed loop), so slow configurations finish their last calls.
+
+The two are measured **interleaved**, ``--rounds`` times: A B A B ... (the
+server stays up, idle while raw faiss runs). Each round gives its own ratios
+(best gRPC q/s over that round's raw q/s), and the JSON reports each ratio as
+the median over rounds with its min/max spread: a host whose load drifts (other
+jobs) moves both sides of a round alike, and a burst shows as spread rather than
+a biased figure. Every q/s and latency figure is likewise the median over
+rounds (per round in ``rounds``). ``os.getloadavg()`` is recorded at the start,
+after each round and at the end.
 
 QPS always counts users (queries) per second, so the gRPC and raw figures
 compare directly. The server excludes each user's seen items (faiss fetches
@@ -21,12 +31,12 @@ k + seen candidates), like production; the raw baseline searches plain top-k.
 Both sides share the machine's cores with the load generator (the server and the
 client run on the same host), which the JSON records.
 
-The raw baseline is measured before and after the server runs (the host may be
-shared and its load vary) and the better figure is kept: the strictest
-comparison. The run is bounded: about ``(12 + 2 * len(concurrency)) * duration``
-seconds, plus the slowest call of each gRPC measurement (up to ``--call-timeout``),
-plus building and loading the artifact: about 1 minute at 100k items and 3 at 1M
-on 2 cores.
+The run is bounded: about ``rounds * (6 + 2 * len(concurrency)) * duration +
+duration * 3`` seconds, plus the slowest call of each gRPC measurement (up to
+``--call-timeout``), plus building and loading the artifact. A quick check::
+
+    python bench/serving.py --items 20000 --users 2000 --duration 0.5 --rounds 2 \
+        --concurrency 1,8 --out /tmp/serving_quick.json
 """
 
 from __future__ import annotations
@@ -218,6 +228,8 @@ def start_server(root: Path, args: argparse.Namespace) -> tuple[subprocess.Popen
         "--address", "127.0.0.1:0", "--reload-interval", "0", "--workers", str(args.workers),
         "--max-batch", str(max(args.batch, 256)), "--index-device", args.index_device,
         "--max-message-bytes", str(64 * 1024 * 1024), "--search-threads", str(args.search_threads),
+        # Admit every call the load generator keeps in flight (the default queue is 64).
+        "--max-concurrent-rpcs", str(max([64] + [int(c) for c in args.concurrency.split(",")])),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
@@ -289,6 +301,35 @@ def device_info(args: argparse.Namespace) -> str:
     return f"{where}{cuda}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
 
 
+def spread(values: list[float], digits: int = 3) -> dict[str, Any]:
+    """Median over rounds, with the min/max spread and the per-round values."""
+    return {"median": round(float(np.median(values)), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "rounds": [round(v, digits) for v in values]}
+
+
+def run_round(number: int, index_path: Path, users: np.ndarray, address: str,
+              concurrency: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """One A B round: raw faiss, then gRPC at every mode and concurrency."""
+    raw = bench_raw(index_path, users, args)
+    print(f"round {number}: raw faiss batch {raw['batch']['qps']:.0f} q/s, "
+          f"unary {raw['unary']['qps']:.0f} q/s", flush=True)
+    runs = []
+    for mode in ("unary", "batch"):
+        for c in concurrency:
+            run = asyncio.run(drive(address, mode, c, args.duration, args))
+            runs.append(run)
+            print(f"round {number}: grpc {mode:5s} c={c:<3d} {run['qps']:8.0f} q/s  "
+                  f"p50 {run['p50_ms']:7.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
+                  f"errors {run['errors']}", flush=True)
+    best = {mode: max(r["qps"] for r in runs if r["mode"] == mode) for mode in ("unary", "batch")}
+    return {
+        "round": number, "raw_faiss": raw, "grpc": runs,
+        "batch_vs_raw": best["batch"] / raw["batch"]["qps"],
+        "unary_vs_raw_unary": best["unary"] / raw["unary"]["qps"],
+        "load_average_after": os.getloadavg(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, required=True, help="catalogue size")
@@ -300,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="users per BatchRecommend")
     parser.add_argument("--concurrency", default="1,8,32", help="calls in flight, comma-separated")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved raw/gRPC rounds (ratios: median over rounds)")
     parser.add_argument("--factory", default="Flat", help="faiss index factory string")
     parser.add_argument("--params", default="", help="faiss search parameters, e.g. nprobe=16")
     parser.add_argument("--workers", type=int, default=8, help="server RPC threads")
@@ -309,19 +352,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--call-timeout", type=float, default=120.0, help="deadline per call, s")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     concurrency = [int(c) for c in args.concurrency.split(",")]
 
     load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="recxfer-bench-"))
     process = None
+    rounds: list[dict[str, Any]] = []
     try:
         t0 = time.perf_counter()
         artifact, users = build_artifact(tmp, args)
         build_s = time.perf_counter() - t0
         print(f"artifact built in {build_s:.1f}s: {args.items} items, {args.factory}", flush=True)
-        raw = bench_raw(artifact / index_file(DOMAIN), users, args)
-        print(f"raw faiss: batch {raw['batch']['qps']:.0f} q/s, unary {raw['unary']['qps']:.0f} q/s",
-              flush=True)
         costs = breakdown(artifact, users, args)
         print(f"in-process batch: faiss {costs['faiss_search_ms']} ms, model "
               f"{costs['model_search_ms']} ms, response {costs['build_response_ms']} ms", flush=True)
@@ -337,64 +380,62 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         process, address = start_server(tmp, args)
         load_s = time.perf_counter() - t0
-        runs = []
-        for mode in ("unary", "batch"):
-            for c in concurrency:
-                run = asyncio.run(drive(address, mode, c, args.duration, args))
-                runs.append(run)
-                print(f"grpc {mode:5s} c={c:<3d} {run['qps']:8.0f} q/s  p50 {run['p50_ms']:7.2f} ms"
-                      f"  p99 {run['p99_ms']:7.2f} ms  errors {run['errors']}", flush=True)
+        for number in range(args.rounds):
+            rounds.append(run_round(number, artifact / index_file(DOMAIN), users, address,
+                                    concurrency, args))
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-        # Again after the server runs (the host is shared: load varies); the
-        # baseline is the better of the two, the strictest comparison.
-        raw_after = bench_raw(artifact / index_file(DOMAIN), users, args)
-        print(f"raw faiss again: batch {raw_after['batch']['qps']:.0f} q/s, "
-              f"unary {raw_after['unary']['qps']:.0f} q/s", flush=True)
     finally:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def by_c(mode: str, key: str) -> dict[str, float]:
-        return {str(r["concurrency"]): round(r[key], 3) for r in runs if r["mode"] == mode}
+    def median(values: list[float]) -> float:
+        return round(float(np.median(values)), 3)
 
-    best_batch = max(r["qps"] for r in runs if r["mode"] == "batch")
-    best_unary = max(r["qps"] for r in runs if r["mode"] == "unary")
-    raw_batch = max(raw["batch"]["qps"], raw_after["batch"]["qps"])
-    raw_unary = max(raw["unary"]["qps"], raw_after["unary"]["qps"])
+    def by_c(mode: str, key: str) -> dict[str, float]:
+        return {str(c): median([r[key] for rnd in rounds for r in rnd["grpc"]
+                                if r["mode"] == mode and r["concurrency"] == c])
+                for c in concurrency}
+
+    batch_ratio = spread([r["batch_vs_raw"] for r in rounds])
+    unary_ratio = spread([r["unary_vs_raw_unary"] for r in rounds])
     result = {
         "command": "python bench/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "items": args.items, "dim": args.dim, "k": args.k, "users": args.users,
         "seen_per_user": args.seen, "batch_size": args.batch, "factory": args.factory,
         "params": args.params, "server_workers": args.workers,
         "server_search_threads": args.search_threads, "duration_s": args.duration,
+        "rounds_run": args.rounds, "order": "interleaved: raw, gRPC, raw, gRPC, ...",
         "device": device_info(args),
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
         "concurrency": concurrency,
-        "raw_faiss_qps": round(raw_batch, 1),
-        "raw_faiss_unary_qps": round(raw_unary, 1),
-        "raw_faiss": {"before": raw, "after": raw_after},
+        # Medians over rounds; the per-round figures are under "rounds".
+        "raw_faiss_qps": round(float(np.median([r["raw_faiss"]["batch"]["qps"] for r in rounds])), 1),
+        "raw_faiss_unary_qps": round(float(np.median([r["raw_faiss"]["unary"]["qps"] for r in rounds])), 1),
         "grpc_unary_qps": by_c("unary", "qps"),
         "grpc_unary_p50_ms": by_c("unary", "p50_ms"),
         "grpc_unary_p99_ms": by_c("unary", "p99_ms"),
         "grpc_batch_qps": by_c("batch", "qps"),
         "grpc_batch_p50_ms": by_c("batch", "p50_ms"),
         "grpc_batch_p99_ms": by_c("batch", "p99_ms"),
-        "batch_vs_raw": round(best_batch / raw_batch, 3),
-        "unary_vs_raw_unary": round(best_unary / raw_unary, 3),
-        "errors": sum(r["errors"] for r in runs),
+        "batch_vs_raw": batch_ratio["median"],
+        "unary_vs_raw_unary": unary_ratio["median"],
+        "batch_vs_raw_spread": batch_ratio,
+        "unary_vs_raw_unary_spread": unary_ratio,
+        "errors": sum(r["errors"] for rnd in rounds for r in rnd["grpc"]),
         "inprocess_breakdown": costs,
         "index_recall_vs_exact": recall,
         "artifact_build_s": round(build_s, 1),
         "server_start_s": round(load_s, 1),
-        "runs": runs,
+        "rounds": rounds,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"batch/raw {result['batch_vs_raw']}, wrote {args.out}")
+    print(f"batch/raw {batch_ratio['median']} (min {batch_ratio['min']}, max {batch_ratio['max']} "
+          f"over {args.rounds} rounds), unary/raw {unary_ratio['median']}; wrote {args.out}")
     return 0
 
 

@@ -1,4 +1,8 @@
-"""The ``recxfer`` command: parses arguments, then calls stage functions."""
+"""The ``recxfer`` command: parses arguments, then calls stage functions.
+
+Heavy modules (torch, faiss, pandas, the pipeline) are imported inside the
+subcommand that needs them, so ``recxfer query`` and ``--help`` start fast.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # recxfer.train.cold_start.METHODS, spelled here so that parsing imports no torch
 # (tests/test_cli.py checks they are equal).
@@ -21,6 +25,30 @@ if TYPE_CHECKING:
     from recxfer.serve import ServeConfig
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_ERROR = 0, 2, 1
+# another job holds the artifacts root's lock (train, run, nightly, rollback); the
+# same code as recxfer.nightly.EXIT_LOCKED (tests/test_cli.py checks they are equal).
+EXIT_LOCKED = 4
+# `query`: the server is unreachable, has no model yet, is overloaded or did not
+# answer in time (retrying later may help). 3 and 4 are the nightly job's.
+EXIT_UNAVAILABLE = 5
+# stdout was closed by the reader (`recxfer query ... | head`): 128 + SIGPIPE, as a
+# process killed by SIGPIPE reports, without a traceback.
+EXIT_BROKEN_PIPE = 141
+
+_UNAVAILABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+_INTERNAL_CODES = frozenset({"INTERNAL", "UNKNOWN", "DATA_LOSS", "UNIMPLEMENTED"})
+
+
+def _version() -> str:
+    """The installed distribution's version, else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recxfer")
+    except PackageNotFoundError:
+        from recxfer import __version__
+
+        return __version__
 
 
 def _cmd_generate_samples(args: argparse.Namespace) -> int:
@@ -32,6 +60,9 @@ def _cmd_generate_samples(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from recxfer.runtime import limit_threads
+
+    limit_threads(args.threads)
     from recxfer.eval import markdown_table
     from recxfer.pipeline import load_config, train_evaluate_publish
 
@@ -43,6 +74,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from recxfer.runtime import limit_threads
+
+    limit_threads(args.threads)
     from recxfer.eval import markdown_table, write_results
     from recxfer.pipeline import evaluate_artifact
 
@@ -94,14 +128,15 @@ def _serve_config(args: argparse.Namespace) -> "ServeConfig":
 
 
 def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: Path | None,
-                        hint: str | None) -> int:
-    """Serve ``artifact``, or ``root/current`` with hot reload, until SIGINT/SIGTERM."""
+                        hint: str | None, config: "ServeConfig | None" = None) -> int:
+    """Serve ``artifact``, or ``root/current`` with hot reload, until SIGINT/SIGTERM
+    (``config``: the serve config already read from ``args``, else read here)."""
     from functools import partial
 
     from recxfer.artifacts import ArtifactError
     from recxfer.serve import ArtifactWatcher, ModelHolder, ServingModel, create_server
 
-    config = _serve_config(args)
+    config = config if config is not None else _serve_config(args)
     holder = ModelHolder()
     try:
         server, port = create_server(args.address, holder, config)
@@ -119,6 +154,7 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
                 root, holder, loader=loader, interval_s=args.reload_interval or 1.0,
                 on_swap=lambda _model: server.metrics.reload_outcome(True),
                 on_refuse=lambda _path, _exc: server.metrics.reload_outcome(False),
+                on_link_state=server.metrics.link_checked,
             )
             if not watcher.check_now():
                 raise ArtifactError(watcher.last_error or f"{root / 'current'}: no artifact published")
@@ -153,10 +189,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return _serve_until_signal(args, None, Path(args.artifacts), None)
 
 
+def _query_items(item_ids: list[str], scores: list[float]) -> list[dict[str, Any]]:
+    return [{"item_id": i, "score": round(s, 5)} for i, s in zip(item_ids, scores)]
+
+
 def _cmd_query(args: argparse.Namespace) -> int:
+    """One RPC per call: ``--user`` Recommend, ``--users`` BatchRecommend, ``--item``
+    SimilarItems, ``--history`` (with ``--source-domain``) RecommendFromHistory."""
     import grpc
 
-    from recxfer.serve.client import ClientTls, RecommenderClient
+    from recxfer.serve.client import ClientTls, RecommendArgs, RecommenderClient, RequestFailed
 
     tls = None
     if args.tls_ca or args.tls_cert:
@@ -164,34 +206,138 @@ def _cmd_query(args: argparse.Namespace) -> int:
     token = os.environ.get("RECXFER_TOKEN") or None
     allow = args.allow.split(",") if args.allow else None
     deny = args.deny.split(",") if args.deny else None
-    if (args.user is None) == (args.item is None):
-        print("error: give --user (Recommend) or --item (SimilarItems)", file=sys.stderr)
+    modes = [name for name, value in (("--user", args.user), ("--users", args.users),
+                                      ("--item", args.item), ("--history", args.history))
+             if value is not None]
+    if len(modes) != 1:
+        print("error: give one of --user (Recommend), --users U1,U2,... (BatchRecommend), "
+              "--item (SimilarItems), --history I1,I2,... --source-domain S (RecommendFromHistory)"
+              + (f"; got {' and '.join(modes)}" if modes else ""), file=sys.stderr)
         return EXIT_BAD_INPUT
-    with RecommenderClient(args.address, timeout=args.timeout, tls=tls, token=token) as client:
+    if (args.history is None) != (args.source_domain is None):
+        print("error: --history and --source-domain go together", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        client = RecommenderClient(args.address, timeout=args.timeout, tls=tls, token=token)
+    except OSError as exc:  # a TLS file that cannot be read
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    failed = 0
+    with client:
         try:
             if args.user is not None:
                 rec = client.recommend(args.user, args.domain, args.k, not args.include_seen,
                                        allow=allow, deny=deny)
-                answer = {"model_version": rec.model_version, "user_kind": rec.user_kind}
+                answer = {"model_version": rec.model_version, "user_kind": rec.user_kind,
+                          "items": _query_items(rec.item_ids, rec.scores)}
+            elif args.users is not None:
+                users = [u for u in args.users.split(",") if u]
+                results = client.batch_recommend([
+                    RecommendArgs(u, args.domain, args.k, not args.include_seen, allow, deny)
+                    for u in users
+                ])
+                entries: list[dict[str, Any]] = []
+                for user, result in zip(users, results):
+                    if isinstance(result, RequestFailed):
+                        failed += 1
+                        entries.append({"user_id": user, "error": {"code": result.code.name,
+                                                                   "message": result.message}})
+                    else:
+                        entries.append({"user_id": user, "user_kind": result.user_kind,
+                                        "items": _query_items(result.item_ids, result.scores)})
+                versions = [r.model_version for r in results if not isinstance(r, RequestFailed)]
+                answer = {"model_version": versions[0] if versions else "", "results": entries}
+            elif args.item is not None:
+                sim = client.similar_items(args.domain, args.item, args.k, allow=allow, deny=deny)
+                answer = {"model_version": sim.model_version,
+                          "popularity_fallback": sim.popularity_fallback,
+                          "items": _query_items(sim.item_ids, sim.scores)}
             else:
-                rec = client.similar_items(args.domain, args.item, args.k, allow=allow, deny=deny)
-                answer = {"model_version": rec.model_version,
-                          "popularity_fallback": rec.popularity_fallback}
+                history = [i for i in args.history.split(",") if i]
+                rec = client.recommend_from_history(args.source_domain, history, args.domain,
+                                                    args.k, allow=allow, deny=deny)
+                answer = {"model_version": rec.model_version, "user_kind": rec.user_kind,
+                          "items": _query_items(rec.item_ids, rec.scores)}
         except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    answer["items"] = [{"item_id": i, "score": round(s, 5)} for i, s in zip(rec.item_ids, rec.scores)]
+            code = exc.code().name
+            print(f"error: {code}: {exc.details()}", file=sys.stderr)
+            if code in _UNAVAILABLE_CODES:
+                return EXIT_UNAVAILABLE
+            return EXIT_ERROR if code in _INTERNAL_CODES else EXIT_BAD_INPUT
     print(json.dumps(answer, indent=2))
+    if failed:  # BatchRecommend: entries that failed on their own (e.g. unknown users)
+        print(f"error: {failed} of {len(answer['results'])} requests failed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    """Batch recommendations from an artifact into a file (``recxfer.serve.bulk``)."""
+    from recxfer.runtime import limit_threads
+
+    limit_threads(args.threads)
+    from recxfer.serve.bulk import (
+        DEFAULT_MAX_K,
+        check_k,
+        check_output_path,
+        read_histories,
+        read_user_ids,
+        recommend_histories_to_file,
+        recommend_users_to_file,
+    )
+    from recxfer.serve.model import ItemFilter, ServingModel
+
+    # Cheap checks first: loading an artifact can take a while.
+    out = check_output_path(args.out)
+    max_k = args.max_k if args.max_k is not None else DEFAULT_MAX_K
+    check_k(args.k, max_k)
+    if (args.histories is None) != (args.source_domain is None):
+        raise ValueError("--histories and --source-domain go together")
+    if args.histories is not None and args.exclude_seen:
+        raise ValueError("--exclude-seen: does not apply to --histories (RecommendFromHistory "
+                         "excludes nothing: the users are new)")
+    if args.allow and args.deny:
+        raise ValueError("--allow and --deny: give one, not both")
+    item_filter = (ItemFilter(allow=tuple(args.allow.split(","))) if args.allow
+                   else ItemFilter(deny=tuple(args.deny.split(","))) if args.deny else None)
+    users = read_user_ids(args.users) if args.users else None
+    histories = read_histories(args.histories, args.source_domain) if args.histories else None
+    path = Path(args.artifact) if args.artifact else Path(args.artifacts) / "current"
+    model = ServingModel.from_artifact(path, device=args.index_device)
+    common = dict(item_filter=item_filter, batch_size=args.batch_size,
+                  skip_unknown=args.skip_unknown, max_k=max_k,
+                  progress=not args.no_progress and sys.stderr.isatty())
+    if histories is not None:
+        summary = recommend_histories_to_file(model, histories, args.source_domain, args.domain,
+                                              args.k, out, **common)
+    else:
+        summary = recommend_users_to_file(
+            model, args.domain, users, args.k, out,
+            exclude_seen=args.exclude_seen is not False, **common,
+        )
+    if summary.skipped:
+        shown = ", ".join(repr(u) for u in summary.skipped[:5])
+        print(f"skipped {len(summary.skipped)} unknown users ({shown}"
+              f"{', ...' if len(summary.skipped) > 5 else ''})", file=sys.stderr)
+    print(f"wrote {summary.rows} rows ({summary.users} users, k={args.k}) from "
+          f"{summary.model_version} to {summary.out}")
     return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from recxfer.runtime import check_bindable, check_writable_dir, limit_threads
+
+    # Before minutes of training: the address must bind and the root be writable.
+    check_bindable(args.address)
+    check_writable_dir(args.artifacts)
+    limit_threads(args.threads)
     from recxfer.artifacts import load_domain
     from recxfer.eval import markdown_table
     from recxfer.pipeline import load_config, train_evaluate_publish
     from recxfer.types import UserOrigin
 
     config = load_config(args.config)
+    serve_config = _serve_config(args)  # a bad --serve-config fails before training too
     result = train_evaluate_publish(args.data, args.artifacts, config)
     print("\ncold-start users, full ranking over each target catalogue:")
     print(markdown_table(result.results))
@@ -204,24 +350,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"\nquery a cold-start user (known only in {config.train.source}):\n"
         f"  {exe} query --address {{address}} --user {user} --domain {target} --k 10"
     )
-    return _serve_until_signal(args, None, Path(args.artifacts), hint)
+    return _serve_until_signal(args, None, Path(args.artifacts), hint, serve_config)
 
 
 def _cmd_bench_cdr(args: argparse.Namespace) -> int:
+    from recxfer.runtime import limit_threads
+
+    limit_threads(args.threads)
     from recxfer.benchmark import run_bench_cdr
     from recxfer.config import from_dict
     from recxfer.train.cold_start import ColdStartConfig
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     config = ColdStartConfig()
     if args.config:
         config = from_dict(ColdStartConfig, json.loads(Path(args.config).read_text()), args.config)
     result = run_bench_cdr(args.format, args.source, args.target, args.method, args.seed, config,
                            overlap=args.overlap)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else _bench_cdr_default_out(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -234,14 +379,22 @@ def _cmd_bench_cdr(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench_cdr_default_out(args: argparse.Namespace) -> Path:
+    name = f"{Path(args.source).name}-{Path(args.target).name}-{args.method or 'blend'}-seed{args.seed}"
+    return Path("results") / "bench-cdr" / f"{name}.json"
+
+
 def _cmd_nightly(args: argparse.Namespace) -> int:
+    from recxfer.runtime import limit_threads
+
+    limit_threads(args.threads)
     from recxfer.nightly import nightly_main
 
     return nightly_main(args.data, args.artifacts, args.config, args.force)
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from recxfer.artifacts import LockHeldError
+    from recxfer.artifacts import ArtifactError, LockHeldError, current_version, list_versions
     from recxfer.nightly import EXIT_LOCKED, rollback_production
 
     try:
@@ -249,18 +402,70 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     except LockHeldError as exc:
         print(f"error: another job holds the lock: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except ArtifactError as exc:
+        current = current_version(args.artifacts)
+        newer = [v for v in list_versions(args.artifacts) if current is not None and v > current]
+        if args.to is None and newer:
+            raise ArtifactError(f"{exc} (rollback steps back in version order; to move "
+                                f"forward name the version: --to {newer[-1]})") from exc
+        raise
     print(f"{Path(args.artifacts) / 'current'}: {previous} -> {target}")
     return EXIT_OK
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from recxfer.artifacts.info import (
+        artifact_info,
+        format_artifact_info,
+        format_root_info,
+        is_artifact,
+        root_info,
+    )
+
+    if is_artifact(args.path):
+        info = artifact_info(args.path, verify=args.verify)
+        text = format_artifact_info(info)
+        failed = str(info.get("verified", "ok")) != "ok"
+    else:
+        info = root_info(args.path, verify=args.verify)
+        text = format_root_info(info)
+        failed = any(str(v.get("verified", "ok")) != "ok" for v in info["versions"])
+    print(json.dumps(info, indent=2) if args.json else text)
+    return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recxfer", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text",
-                        help="json: one JSON object per line (structured logs)")
+    parser = argparse.ArgumentParser(
+        prog="recxfer", description=__doc__,
+        epilog="Exit codes: 0 success, 1 internal error, 2 bad input, 3 gated (nightly), "
+               "4 the root's lock is held (train, run, nightly, rollback), 5 server unavailable (query), "
+               "141 stdout closed by the reader.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+
+    def log_args(p: argparse.ArgumentParser, suppress: bool) -> None:
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging",
+                       default=argparse.SUPPRESS if suppress else False)
+        p.add_argument("--log-format", choices=["text", "json"],
+                       default=argparse.SUPPRESS if suppress else "text",
+                       help="json: one JSON object per line (structured logs)")
+
+    log_args(parser, suppress=False)
+    # The same flags after the subcommand (`recxfer serve --log-format json`); SUPPRESS
+    # keeps a value given before the subcommand when they are not repeated after it.
+    common = argparse.ArgumentParser(add_help=False)
+    log_args(common, suppress=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("generate-samples", help="write the seeded synthetic sample data")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    def threads_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads of torch, BLAS and OpenMP (default: OMP_NUM_THREADS if "
+                            "set, else the cores this process may run on)")
+
+    p = command("generate-samples", help="write the seeded synthetic sample data")
     p.add_argument("--out", default="data_samples", help="output folder")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=_cmd_generate_samples)
@@ -270,14 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--artifacts", default="artifacts", help="artifacts root")
         p.add_argument("--config", help="JSON job config (defaults otherwise)")
 
-    p = sub.add_parser("train", help="train, evaluate and publish an artifact")
+    p = command("train", help="train, evaluate and publish an artifact")
     data_args(p)
+    threads_arg(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate an artifact on its cold-start split")
+    p = command("evaluate", help="evaluate an artifact on its cold-start split")
     p.add_argument("--data", required=True)
     p.add_argument("--artifact", default="artifacts/current")
     p.add_argument("--out", help="also write the results as JSON here")
+    threads_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
     def serve_args(p: argparse.ArgumentParser) -> None:
@@ -306,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"largest request/response message (default {d.max_message_bytes})")
         g.add_argument("--workers", type=int, help=f"threads answering RPCs (default {d.max_workers})")
         g.add_argument("--max-concurrent-rpcs", type=int,
-                       help="RPCs admitted at once, beyond which RESOURCE_EXHAUSTED (default: queue)")
+                       help="RPCs admitted at once (working + queued), beyond which "
+                            "RESOURCE_EXHAUSTED (default 64; health checks not counted)")
         g.add_argument("--popularity-fallback", action=argparse.BooleanOptionalAction, default=None,
                        help="answer unknown users/items with popular items instead of NOT_FOUND")
         g.add_argument("--metrics-address", metavar="HOST:PORT",
@@ -328,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads per index search (default 1: concurrent requests "
                             "already use the cores; 0: all cores)")
 
-    p = sub.add_parser(
+    p = command(
         "serve", help="serve artifacts over gRPC (hot reload of ROOT/current)",
         description="Serve ROOT/current over gRPC, reloading it when a new artifact is "
                     "published (or one fixed --artifact). SIGTERM/SIGINT: health goes "
@@ -340,11 +548,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve_args(p)
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("query", help="ask a running server (Recommend or SimilarItems)",
-                       description="Bearer token: set RECXFER_TOKEN.")
+    p = command("query", help="ask a running server (any of the four RPCs)",
+                description="One of --user (Recommend), --users (BatchRecommend), --item "
+                            "(SimilarItems), --history with --source-domain "
+                            "(RecommendFromHistory); --domain is the (target) domain. "
+                            "Bearer token: set RECXFER_TOKEN.")
     p.add_argument("--address", default="127.0.0.1:50051")
     p.add_argument("--user", help="Recommend for this user")
+    p.add_argument("--users", metavar="IDS",
+                   help="BatchRecommend for these comma-separated users (exit 2 if an entry fails)")
     p.add_argument("--item", help="SimilarItems for this item")
+    p.add_argument("--history", metavar="IDS",
+                   help="RecommendFromHistory of these comma-separated source item ids, oldest first")
+    p.add_argument("--source-domain", help="the domain of --history's items")
     p.add_argument("--domain", required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--include-seen", action="store_true", help="do not exclude seen items")
@@ -357,7 +573,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-server-name", help="name expected in the server certificate")
     p.set_defaults(func=_cmd_query)
 
-    p = sub.add_parser("bench-cdr", help="a cold-start method on a public CDR benchmark")
+    p = command(
+        "recommend", help="batch recommendations from an artifact into a Parquet/CSV file",
+        description="One row per (user, rank): user_id, rank (1-based), item_id, score, scored "
+                    "by the server's code (ServingModel) with its exclusion and filter rules. "
+                    "--users/--all-users: known users of --domain, as BatchRecommend; "
+                    "--histories: users known only by a source history (user_id,item_id rows; "
+                    "a 'domain' column is filtered to --source-domain; 'timestamp' orders "
+                    "them), as RecommendFromHistory. Written to a temporary file beside --out "
+                    "and renamed into place: an error leaves no output.",
+    )
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--artifact", metavar="PATH", help="this artifact folder")
+    g.add_argument("--artifacts", metavar="ROOT", help="ROOT/current")
+    p.add_argument("--domain", required=True, help="the (target) domain to recommend from")
+    p.add_argument("--k", type=int, required=True, help="items per user (1 <= k <= --max-k)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--users", metavar="FILE",
+                   help=".txt (one id per line) or .csv/.tsv/.parquet with a user_id column")
+    g.add_argument("--all-users", action="store_true", help="every user of --domain")
+    g.add_argument("--histories", metavar="FILE",
+                   help=".csv/.tsv/.parquet of user_id,item_id rows in --source-domain")
+    p.add_argument("--source-domain", help="the domain of --histories' items")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.parquet or FILE.csv")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave out each user's training items (default: on; --histories: none)")
+    p.add_argument("--allow", metavar="IDS", help="comma-separated allow-list of item ids")
+    p.add_argument("--deny", metavar="IDS", help="comma-separated deny-list of item ids")
+    p.add_argument("--skip-unknown", action="store_true",
+                   help="leave out unknown users (or histories with no known item) instead of "
+                        "refusing the run")
+    p.add_argument("--batch-size", type=int, default=1024, metavar="N",
+                   help="users per model call (default 1024)")
+    p.add_argument("--max-k", type=int, metavar="N", help="largest k accepted (default 1000, "
+                                                          "as the server)")
+    p.add_argument("--index-device", choices=["auto", "cpu"], default="auto",
+                   help="auto: GPU when present (default); cpu: never")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (shown on stderr when it is a terminal)")
+    threads_arg(p)
+    p.set_defaults(func=_cmd_recommend)
+
+    p = command("bench-cdr", help="a cold-start method on a public CDR benchmark")
     p.add_argument("--format", choices=["cdrib", "douban"], required=True)
     p.add_argument("--source", required=True, help="source domain folder")
     p.add_argument("--target", required=True, help="target domain folder")
@@ -365,19 +622,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a registered method (default: the shipped default, blend)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", help="JSON mirroring recxfer.train.cold_start.ColdStartConfig")
-    p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", help="JSON file to write (default: "
+                                 "results/bench-cdr/SOURCE-TARGET-METHOD-seedS.json)")
+    threads_arg(p)
     p.add_argument("--overlap", type=int, default=None,
                    help="cdrib only: users < N are shared across the folders; checked against the "
                         "overlap derived from valid/test and pair.json (default: derived)")
     p.set_defaults(func=_cmd_bench_cdr)
 
-    p = sub.add_parser("run", help="train, evaluate, publish, then serve (the main job)")
+    p = command("run", help="train, evaluate, publish, then serve (the main job)",
+                       description="Checks first that --address binds and --artifacts is "
+                                   "writable (exit 2 otherwise), then trains.")
     data_args(p)
+    threads_arg(p)
     serve_args(p)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser(
+    p = command(
         "nightly",
         help="scheduled retrain: ingest, train (warm start, checkpoints), evaluate, gate, publish",
         description="Exit codes: 0 published, 1 internal error, 2 bad input (data or config), "
@@ -387,16 +648,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", required=True, help="artifacts root (ROOT/current is production)")
     p.add_argument("--config", help="JSON: the main job's config plus a 'nightly' object")
     p.add_argument("--force", action="store_true", help="publish even if the gate fails (logged)")
+    threads_arg(p)
     p.set_defaults(func=_cmd_nightly)
 
-    p = sub.add_parser("rollback", help="point ROOT/current back at the previous version (verified)")
+    p = command(
+        "rollback", help="point ROOT/current back at the previous version (verified)",
+        description="Moves ROOT/current to the newest version older than the current one "
+                    "(versions sort by creation time), so each rollback steps one version "
+                    "further back; --to VERSION names any version, newer ones included.",
+    )
     p.add_argument("--artifacts", required=True, help="artifacts root")
     p.add_argument("--to", help="this version instead of the previous one")
     p.set_defaults(func=_cmd_rollback)
+
+    p = command(
+        "info", help="what an artifacts root or an artifact holds",
+        description="ROOT: its versions (oldest first, * current) with summary metrics and "
+                    "sizes on disk. ARTIFACT (a version folder or ROOT/current): domains, "
+                    "users/items, dims, indexes, transfers, metrics. Reads manifests only "
+                    "unless --verify.",
+    )
+    p.add_argument("path", nargs="?", default="artifacts", metavar="ARTIFACT|ROOT",
+                   help="an artifacts root or one artifact folder (default: artifacts)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--verify", action="store_true",
+                   help="also verify every checksum (exit 2 if one fails)")
+    p.set_defaults(func=_cmd_info)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns its exit code (see the parser's epilog)."""
+    from recxfer.runtime import set_env_defaults
+
+    set_env_defaults()  # before any OpenMP runtime is loaded (torch, faiss)
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
+    except SystemExit:  # --help, --version, usage errors
+        if not _flush_or_silence():
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
+        raise
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture it)
+        pass
+
+
+def _flush_or_silence() -> bool:
+    try:
+        sys.stdout.flush()
+        return True
+    except BrokenPipeError:
+        _silence_stdout()
+        return False
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input. ``DataValidationError`` is a ``ValueError``;
+    ``ArtifactError`` is looked up only if its module was imported (it cannot have
+    been raised otherwise), so that a light command imports no artifact code."""
+    types: list[type[BaseException]] = [ValueError]
+    errors = sys.modules.get("recxfer.artifacts.errors")
+    if errors is not None:
+        types.append(errors.ArtifactError)
+    return tuple(types)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()
     if args.log_format == "json":
@@ -407,14 +736,17 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # noisy optional-SIMD probing
-    from recxfer.artifacts import ArtifactError
-    from recxfer.data import DataValidationError
-
     try:
         return args.func(args)
-    except (DataValidationError, ArtifactError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - only bad input is mapped; the rest re-raised
+        lock = sys.modules.get("recxfer.artifacts.lock")  # imported if it can have been raised
+        if lock is not None and isinstance(exc, lock.LockHeldError):
+            print(f"error: another job holds the lock: {exc}", file=sys.stderr)
+            return EXIT_LOCKED
+        if isinstance(exc, _bad_input_types()):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ write the artifact → publish. ``cli``, ``jobs/`` and the nightly job
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from recxfer.artifacts import (
     Artifact,
     ArtifactBuilder,
     ArtifactError,
+    RootLock,
     index_file,
     load_domain,
     load_transfer,
@@ -33,7 +35,7 @@ from recxfer.artifacts import (
 )
 from recxfer.config import from_dict, to_dict
 from recxfer.data import ColdStartSplit, CrossDomainData, cold_start_split, load_data_dir
-from recxfer.eval import DEFAULT_KS, evaluate_cold_start
+from recxfer.eval import DEFAULT_KS, evaluate_cold_start, evaluate_heldout
 from recxfer.eval.protocol import full_ranking_metrics_scores
 from recxfer.index import FaissIndex, build_index, index_recall
 from recxfer.train import CrossDomainConfig, CrossDomainModel, MFConfig, train_cross_domain
@@ -43,15 +45,17 @@ from recxfer.train.shared_domains import (
     SharedJobConfig,
     train_shared_cross_domain,
 )
-from recxfer.train.transfer_fit import fit_domain_transfer
+from recxfer.train.transfer_fit import fit_domain_transfer, refit_domain_transfer
 from recxfer.train.warm_start import SharedWarmStart, load_weights, save_weights
 from recxfer.transfer.blend import BlendConfig
 from recxfer.transfer.shared import SharedModelConfig
-from recxfer.types import DomainEmbeddings, DomainTransfer
+from recxfer.types import DomainEmbeddings, DomainTransfer, UserOrigin
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model/shared.pt"
+WEIGHTS_ITEMS_FILE = "model/shared_items.json"  # domain -> item ids of the weights' id table
+TRAINED_PAIRS_FILE = "training/pairs.npy"  # sorted uint64 keys of the published model's training pairs
 TEXT_CACHE = ".cache/text"  # under the artifacts root: item text embeddings, encoded once
 
 
@@ -68,6 +72,14 @@ class SplitConfig:
     seed: int = 0
     method: str = "random"
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.cold_share < 1.0:
+            raise ValueError(f"cold_share must be in (0, 1), got {self.cold_share}")
+        if not 0.0 <= self.valid_share < 1.0:
+            raise ValueError(f"valid_share must be in [0, 1), got {self.valid_share}")
+        if self.method not in ("random", "hash"):
+            raise ValueError(f"method must be 'random' or 'hash', got {self.method!r}")
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -79,6 +91,14 @@ class IndexConfig:
     backend: str = "auto"
     params: str = ""
     recall_ks: tuple[int, ...] = (10, 100)
+
+    def __post_init__(self) -> None:
+        if not self.factory:
+            raise ValueError("factory must be a faiss factory string such as 'Flat'")
+        if self.backend not in ("auto", "faiss", "exact"):
+            raise ValueError(f"backend must be 'auto', 'faiss' or 'exact', got {self.backend!r}")
+        if any(k < 1 for k in self.recall_ks):
+            raise ValueError(f"recall_ks must be >= 1, got {list(self.recall_ks)}")
 
 
 METHODS = ("blend", "shared", "emcdr")
@@ -94,6 +114,14 @@ class JobConfig:
     user encoder; ``shared`` configures it) or ``"emcdr"`` (MF per domain + mapping;
     ``train.mf``/``train.emcdr``). ``train`` also names the source and target
     domains for all.
+
+    ``refit`` (default on): the model is chosen and evaluated on the split, then
+    the published one is refit on every row (held-out ones included), warm-started
+    from the evaluated model for as many epochs as the evaluated run's chosen
+    epoch (``shared``/``blend``; ``emcdr``, which has no validation, for its
+    ``train.mf.epochs``), the transfers rebuilt on every row with the choices
+    validation made. Off: the evaluated model itself is published (its held-out
+    users stay cold, its held-out rows untrained).
     """
 
     method: str = "blend"
@@ -113,10 +141,15 @@ class JobConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     ks: tuple[int, ...] = DEFAULT_KS
     keep_versions: int = 5
+    refit: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ValueError(f"ks must be a non-empty list of cut-offs >= 1, got {list(self.ks)}")
+        if self.keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {self.keep_versions}")
 
     @property
     def domains(self) -> list[str]:
@@ -141,6 +174,7 @@ class JobResult:
     artifact: Artifact
     results: dict[str, dict[str, dict[str, float]]]
     timings: dict[str, float]
+    training: dict[str, Any] = field(default_factory=dict)  # the manifest's ``training``
 
 
 def split_data(data: CrossDomainData, config: JobConfig) -> ColdStartSplit:
@@ -198,7 +232,53 @@ def train_model(
         validator if has_valid else None, checkpoint_dir=checkpoint_dir, warm=warm,
     )
     if config.method == "blend":
-        model = dataclasses.replace(model, transfers=train_transfers(train, config, model, valid))
+        fitted = fit_transfers(train, config, model, valid)
+        model = dataclasses.replace(model, transfers={t: tr for t, (tr, _) in fitted.items()},
+                                    transfer_info={t: info for t, (_, info) in fitted.items()})
+    return model
+
+
+def refit_model(
+    rows: pd.DataFrame,
+    config: JobConfig,
+    evaluated: CrossDomainModel,
+    checkpoint_dir: str | Path | None = None,
+    *,
+    items: pd.DataFrame | None = None,
+    text_cache: Path | None = None,
+) -> CrossDomainModel:
+    """The model to publish: ``evaluated`` (trained on the split's training rows and
+    chosen on its validation users) trained further on ``rows`` (every row, the
+    held-out ones included), warm-started from it.
+
+    ``shared``/``blend``: ``evaluated.best_epoch`` epochs (the number the evaluated
+    run needed to reach the weights validation chose; 0 when it kept its warm
+    start: the weights are then re-exported over ``rows`` untrained, and items
+    only the held-out rows have are left out, see ``train_shared_cross_domain``),
+    no validation. ``blend``'s transfers are rebuilt on ``rows`` with the
+    hyper-parameters and weights validation chose (``refit_domain_transfer``).
+    ``emcdr``: every domain's MF warm-started from the evaluated embeddings for
+    ``train.mf.epochs`` (it has no validation to pick an epoch), mappings refitted.
+    """
+    if config.method == "emcdr":
+        return train_cross_domain(rows, config.train, init=evaluated.domains, checkpoint_dir=checkpoint_dir)
+    if not isinstance(evaluated, SharedCrossDomainModel):
+        raise TypeError(f"refit of {config.method} needs the shared model, got {type(evaluated).__name__}")
+    epochs = evaluated.best_epoch
+    shared = dataclasses.replace(config.shared, train=dataclasses.replace(config.shared.train, epochs=epochs))
+    log.info("refit on all %d rows: %d epoch(s) warm-started from the evaluated model", len(rows), epochs)
+    model = train_shared_cross_domain(
+        rows, config.train.source, config.train.targets, shared, items, text_cache, None,
+        checkpoint_dir=checkpoint_dir, warm=evaluated.warm_start(),
+    )
+    if config.method == "blend":
+        source = config.train.source
+        transfers = {
+            t: refit_domain_transfer(rows, tr, evaluated.transfer_info.get(t, {}), config.blend,
+                                     model.domains[source].item_ids, model.domains[t].item_ids)
+            for t, tr in evaluated.transfers.items()
+        }
+        model = dataclasses.replace(model, transfers=transfers, transfer_info=evaluated.transfer_info)
     return model
 
 
@@ -214,6 +294,14 @@ def train_transfers(
 ) -> dict[str, DomainTransfer]:
     """Per target, the ``blend`` item-to-item transfer from the source, chosen on the
     target's validation cold users (when any) and aligned to ``model``'s tables."""
+    return {t: transfer for t, (transfer, _) in fit_transfers(train, config, model, valid).items()}
+
+
+def fit_transfers(
+    train: pd.DataFrame, config: JobConfig, model: CrossDomainModel,
+    valid: Mapping[str, pd.DataFrame] | None,
+) -> dict[str, tuple[DomainTransfer, dict]]:
+    """``train_transfers`` with what validation chose: ``target -> (transfer, info)``."""
     source = config.train.source
     out = {}
     for target in config.train.targets:
@@ -241,7 +329,7 @@ def train_transfers(
         )
         log.info("%s -> %s transfer: weights %s, popularity %.2f, embeddings %.2f", source, target,
                  info.get("weights"), info.get("pop_weight", 0.0), info.get("embedding_weight", 0.0))
-        out[target] = transfer
+        out[target] = (transfer, info)
     return out
 
 
@@ -256,6 +344,58 @@ def evaluate_cold_start_targets(
     }
 
 
+def pair_keys(rows: pd.DataFrame) -> np.ndarray:
+    """``(n,)`` uint64: a fixed 64-bit key per row's ``(domain, user_id, item_id)``
+    (blake2b; the same on every machine and run). Identifies what a model trained
+    on at the level that matters for a comparison: a pair it trained on is known
+    to it, whatever the timestamp."""
+    keys = (rows["domain"].astype(str) + "\x1f" + rows["user_id"].astype(str) + "\x1f"
+            + rows["item_id"].astype(str)).tolist()
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big") for k in keys),
+        dtype=np.uint64, count=len(keys),
+    )
+
+
+def training_record(rows: pd.DataFrame, description: str, **extra: Any) -> dict[str, Any]:
+    """What a model was trained on, for the manifest: row and user counts per
+    domain, the latest timestamp, a sha256 of the sorted pair keys, a description."""
+    pairs = np.unique(pair_keys(rows))
+    record: dict[str, Any] = {
+        "rows": int(len(rows)),
+        "pairs": int(len(pairs)),
+        "users": int(rows["user_id"].nunique()),
+        "rows_per_domain": {str(k): int(v) for k, v in rows["domain"].value_counts().sort_index().items()},
+        "users_per_domain": {str(k): int(v) for k, v in rows.groupby("domain")["user_id"].nunique().items()},
+        "pairs_sha256": hashlib.sha256(pairs.tobytes()).hexdigest(),
+        "max_timestamp": int(rows["timestamp"].max()) if "timestamp" in rows and len(rows) else None,
+        "description": description,
+    }
+    record.update(extra)
+    return record
+
+
+def trained_pairs(artifact: Artifact) -> np.ndarray | None:
+    """The sorted pair keys (``pair_keys``) the artifact's model was trained on, or
+    ``None`` when it does not record them (artifacts from before the refit)."""
+    entry = ((artifact.manifest.get("training") or {}).get("published") or {}).get("pairs_file")
+    if not entry:
+        return None
+    try:
+        keys = np.load(artifact.file(entry), allow_pickle=False)
+    except (ArtifactError, OSError, ValueError) as exc:
+        log.warning("artifact %s: training pairs unreadable (%s)", artifact.version, exc)
+        return None
+    return np.asarray(keys, dtype=np.uint64)
+
+
+def untrained_rows(rows: pd.DataFrame, pairs: np.ndarray | None) -> np.ndarray:
+    """``(len(rows),)`` bool: rows whose pair is not in ``pairs`` (all when ``None``)."""
+    if pairs is None:
+        return np.ones(len(rows), dtype=bool)
+    return ~np.isin(pair_keys(rows), pairs, assume_unique=False)
+
+
 def write_model_artifact(
     artifacts_root: str | Path,
     config: JobConfig,
@@ -265,6 +405,10 @@ def write_model_artifact(
     extra: Mapping[str, Any] | None = None,
     add_files: Callable[[ArtifactBuilder], None] | None = None,
     version: str | None = None,
+    *,
+    evaluated: CrossDomainModel | None = None,
+    training: Mapping[str, Any] | None = None,
+    training_rows: pd.DataFrame | None = None,
 ) -> Artifact:
     """Write the model as a complete artifact under its final name, atomically
     (staged under a hidden name; nothing under a final name on failure).
@@ -276,6 +420,16 @@ def write_model_artifact(
         add_files: called with the builder after the domains are written, to add
             files (e.g. a report) that the manifest then checksums like the others.
         version: the version name (a new sortable one by default).
+        evaluated: the model that was evaluated when ``model`` is its refit
+            (default: ``model`` itself). Its shared weights are the ones stored for
+            a later warm start (trained on the split's training rows only, so a
+            warm start never carries information from rows a later split holds
+            out) and its losses are the manifest's ``epoch_losses``.
+        training: the manifest's ``training`` entry (``{"evaluated": ...,
+            "published": ...}``, see ``training_record``).
+        training_rows: the published model's training rows: their pair keys are
+            written to ``training/pairs.npy`` (``training.published.pairs_file``),
+            so a later run can compare with this model on rows it never saw.
 
     Returns:
         The verified artifact (not yet published).
@@ -312,13 +466,22 @@ def write_model_artifact(
             domains_meta[target]["transfer"] = {"source": transfer.source}
         builder.metrics.update(metrics)
         builder.extra.update(
-            {"domains": domains_meta, "device": model.device, "epoch_losses": model.epoch_losses,
-             "user_encoder": _save_user_encoder(builder.path, model, config),
+            {"domains": domains_meta, "device": model.device,
+             "epoch_losses": (evaluated or model).epoch_losses,
+             "user_encoder": _save_user_encoder(builder.path, model, config, evaluated),
              "transfer": {t: {"source": tr.source, "names": list(tr.scorer.names),
                               "weights": list(tr.scorer.weights), "pop_weight": tr.scorer.pop_weight,
                           "embedding_weight": tr.scorer.embedding_weight}
                           for t, tr in model.transfers.items()}}
         )
+        if training is not None or training_rows is not None:
+            entry = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (training or {}).items()}
+            if training_rows is not None:
+                (builder.path / TRAINED_PAIRS_FILE).parent.mkdir(parents=True, exist_ok=True)
+                np.save(builder.path / TRAINED_PAIRS_FILE, np.unique(pair_keys(training_rows)),
+                        allow_pickle=False)
+                entry.setdefault("published", {})["pairs_file"] = TRAINED_PAIRS_FILE
+            builder.extra["training"] = entry
         builder.extra.update(extra or {})
         if add_files is not None:
             add_files(builder)
@@ -341,7 +504,19 @@ def publish_and_prune(artifacts_root: str | Path, version: str, keep: int) -> li
 def train_evaluate_publish(
     data_dir: str | Path, artifacts_root: str | Path, config: JobConfig = JobConfig()
 ) -> JobResult:
-    """Run the main job and publish the artifact as ``ROOT/current``."""
+    """Run the main job and publish the artifact as ``ROOT/current``, all under the
+    root's lock (taken first, so a second writer fails before any work).
+
+    Raises:
+        LockHeldError: another job (``train``, ``run``, ``nightly``, ``rollback``)
+            holds ``ROOT/.lock``.
+    """
+    with RootLock(artifacts_root) as lock:
+        log.info("lock %s taken (pid %d)", lock.path, lock.info.pid if lock.info else -1)
+        return _train_evaluate_publish(data_dir, artifacts_root, config)
+
+
+def _train_evaluate_publish(data_dir: str | Path, artifacts_root: str | Path, config: JobConfig) -> JobResult:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     data = load_job_data(data_dir, config)
@@ -357,22 +532,79 @@ def train_evaluate_publish(
     results = evaluate_cold_start_targets(model, split, config)
     timings["evaluate_s"] = time.perf_counter() - start
 
+    evaluated = model
+    if config.refit:
+        start = time.perf_counter()
+        model = refit_model(data.interactions, config, evaluated, items=data.items,
+                            text_cache=Path(artifacts_root) / TEXT_CACHE)
+        timings["refit_s"] = time.perf_counter() - start
+    training = training_sets(split, data.interactions if config.refit else split.train, config,
+                             evaluated, model if config.refit else None)
+
     start = time.perf_counter()
     artifact = write_model_artifact(
-        artifacts_root, config, data.fingerprint, model, {"cold_start": results}
+        artifacts_root, config, data.fingerprint, model, {"cold_start": results},
+        evaluated=evaluated, training=training,
+        training_rows=data.interactions if config.refit else split.train,
     )
     removed = publish_and_prune(artifacts_root, artifact.version, config.keep_versions)
     timings["publish_s"] = time.perf_counter() - start
     log.info("published %s (pruned %d old versions)", artifact.version, len(removed))
-    return JobResult(artifact, results, timings)
+    return JobResult(artifact, results, timings, training)
 
 
-def _save_user_encoder(folder: Path, model: CrossDomainModel, config: JobConfig) -> dict[str, Any]:
+def split_description(config: JobConfig) -> str:
+    """One line naming the cold-start split (what the evaluated model lacks)."""
+    sp = config.split
+    return (f"cold-start split {sp.method} (seed {sp.seed}, cold share {sp.cold_share}, valid share "
+            f"{sp.valid_share}): the held-out users' rows in {list(config.train.targets)} left out")
+
+
+def training_sets(
+    split: ColdStartSplit,
+    published_rows: pd.DataFrame,
+    config: JobConfig,
+    evaluated: CrossDomainModel,
+    refit: CrossDomainModel | None,
+    evaluated_rows: pd.DataFrame | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """The manifest's ``training``: what the evaluated and the published model
+    were trained on (``refit`` ``None``: the evaluated model is the published one)."""
+    rows = split.train if evaluated_rows is None else evaluated_rows
+    entry: dict[str, Any] = {"evaluated": training_record(
+        rows, description or split_description(config),
+        best_epoch=getattr(evaluated, "best_epoch", None),
+        epochs_run=len(next(iter(evaluated.epoch_losses.values()), [])),
+        warm_score=getattr(evaluated, "warm_score", None),
+    )}
+    if refit is None:
+        entry["published"] = {**entry["evaluated"], "refit": False,
+                              "description": "the evaluated model (no refit)"}
+        return entry
+    entry["published"] = training_record(
+        published_rows, "every row (held-out rows included), warm-started from the evaluated model",
+        refit=True,
+        refit_epochs=(len(next(iter(refit.epoch_losses.values()), []))),
+        refit_budget=("train.mf.epochs (emcdr has no validation)" if config.method == "emcdr"
+                      else "the evaluated run's chosen epoch (best_epoch)"),
+        dropped_items=dict(getattr(refit, "dropped_items", {}) or {}),
+        epoch_losses=refit.epoch_losses,
+    )
+    return entry
+
+
+def _save_user_encoder(
+    folder: Path, model: CrossDomainModel, config: JobConfig, warm_source: CrossDomainModel | None = None
+) -> dict[str, Any]:
     """How serving can embed a new user from a history (manifest entry).
 
     ``inductive`` is true for the shared method without an MLP head: a user's
     embedding is then the (mean or attention) pooling of their history's item
     embeddings, computable from the artifact's item tables alone.
+
+    The weights stored for a later warm start are ``warm_source``'s (default
+    ``model``'s), with the item ids of their id table (``weights_items_file``).
     """
     if not isinstance(model, SharedCrossDomainModel):
         return {"inductive": False, "method": config.method}
@@ -387,10 +619,15 @@ def _save_user_encoder(folder: Path, model: CrossDomainModel, config: JobConfig)
         (folder / "user_encoder").mkdir(exist_ok=True)
         np.save(folder / "user_encoder" / "query.npy", model.attention_query.astype(np.float32))
         entry["query_file"] = "user_encoder/query.npy"
-    if model.weights:
-        save_weights(folder / WEIGHTS_FILE, model.weights)
+    source = warm_source if isinstance(warm_source, SharedCrossDomainModel) else model
+    if source.weights:
+        save_weights(folder / WEIGHTS_FILE, source.weights)
         entry["weights_file"] = WEIGHTS_FILE
-        entry["domain_order"] = list(model.domain_order)
+        entry["domain_order"] = list(source.domain_order)
+        (folder / WEIGHTS_ITEMS_FILE).write_text(json.dumps(
+            {d: [str(i) for i in source.domains[d].item_ids] for d in source.domain_order}))
+        entry["weights_items_file"] = WEIGHTS_ITEMS_FILE
+        entry["weights_model"] = "evaluated" if source is not model else "published"
     return entry
 
 
@@ -411,15 +648,26 @@ def load_shared_warm_start(artifact: Artifact | None) -> SharedWarmStart | None:
     try:
         order = [str(d) for d in entry["domain_order"]]
         state = load_weights(artifact.file(entry["weights_file"]))
-        ids = tuple((d, load_domain(artifact, d).item_ids) for d in order)
+        if entry.get("weights_items_file"):  # the weights' own items (the evaluated model's)
+            listed = json.loads(artifact.file(entry["weights_items_file"]).read_text())
+            ids = tuple((d, np.asarray([str(i) for i in listed[d]], dtype=object)) for d in order)
+        else:  # older artifacts: the weights are the published tables'
+            ids = tuple((d, load_domain(artifact, d).item_ids) for d in order)
         return SharedWarmStart(state, ids)
-    except (ArtifactError, KeyError, ValueError) as exc:
+    except (ArtifactError, KeyError, TypeError, ValueError) as exc:
         log.warning("artifact %s: shared weights unusable, no warm start: %s", artifact.version, exc)
         return None
 
 
 def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[str, Any]:
-    """Re-evaluate a stored artifact on the split its own config names."""
+    """Re-evaluate a stored artifact on the split its own config names.
+
+    An artifact refit on every row (``training.published.refit``) has trained on
+    that split's test rows: it is scored only on test users it still has no
+    target rows of and on rows it never trained on (new data). Where no such
+    rows are left (the same data), the manifest's metrics are returned, which are
+    those of the evaluated model before the refit, with a warning.
+    """
     artifact = read_artifact(artifact_path)
     config = from_dict(JobConfig, artifact.manifest["config"], where="manifest.config")
     data = load_job_data(data_dir, config)
@@ -427,12 +675,35 @@ def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[s
         log.warning("data in %s differs from the data the artifact was trained on", data_dir)
     split = split_data(data, config)
     source = load_domain(artifact, config.train.source)
+    refit = bool(((artifact.manifest.get("training") or {}).get("published") or {}).get("refit"))
+    pairs = trained_pairs(artifact) if refit else None
+    stored = (artifact.manifest.get("metrics") or {}).get("cold_start") or {}
     out = {}
     for target in config.train.targets:
         emb = load_domain(artifact, target)
-        out[target] = evaluate_cold_start(emb, split.test[target], config.ks,
-                                          artifact_transfer(artifact, target, source, emb), source)
+        transfer = artifact_transfer(artifact, target, source, emb)
+        if not refit:
+            out[target] = evaluate_cold_start(emb, split.test[target], config.ks, transfer, source)
+            continue
+        test = split.test[target]
+        test = test[untrained_rows(test, pairs) & ~test["user_id"].isin(warm_users(emb))]
+        if test.empty:
+            log.warning(
+                "%s: artifact %s was refit on every row of this data, its %s test rows included; "
+                "reporting the manifest's metrics (the evaluated model's, before the refit)",
+                target, artifact.version, target,
+            )
+            out[target] = stored.get(target, {})
+            continue
+        row = evaluate_heldout(emb, test, config.ks, unknown_users="popularity", transfer=transfer,
+                               source=source)
+        out[target] = {"model": row["model"], "popularity": row["popularity"]}
     return out
+
+
+def warm_users(emb: DomainEmbeddings) -> np.ndarray:
+    """Ids of the users ``emb`` was trained on with rows in its domain."""
+    return emb.user_ids[emb.user_origin == UserOrigin.WARM.value]
 
 
 def artifact_transfer(

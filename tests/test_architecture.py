@@ -13,6 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recxfer"
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "config": set(),
+    # Process set-up of the entry points (thread budget, pre-flight checks).
+    "runtime": set(),
     "data": {"types"},
     "encoders": {"types"},
     "losses": {"types"},
@@ -33,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "nightly": {"types", "config", "data", "encoders", "losses", "transfer", "train",
                 "artifacts", "index", "eval", "pipeline"},
     "cli": None,  # may import anything
+    "__main__": {"cli"},  # `python -m recxfer`: the cli, nothing else
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,15 @@ def test_train_then_evaluate_print_the_table(tmp_path: Path, capsys: pytest.Capt
     assert main(["evaluate", "--data", str(SAMPLES), "--artifact", str(root / "current"),
                  "--out", str(json_out)]) == EXIT_OK
     assert "| books | model |" in capsys.readouterr().out and json_out.is_file()
+    # `recxfer info` of the real artifact: the manifest's domains and metrics.
+    assert main(["info", str(root / "current"), "--json"]) == EXIT_OK
+    info = json.loads(capsys.readouterr().out)
+    assert info["current"] is True and set(info["domains"]) == {"video", "books", "music"}
+    assert all(d["users"] > 0 and d["items"] > 0 and d["dim"] > 0 for d in info["domains"].values())
+    assert info["domains"]["books"]["transfer_from"] == "video"
+    assert set(info["metrics"]["cold_start"]) == {"books", "music"}
+    assert main(["info", str(root)]) == EXIT_OK
+    assert "cold_start/books/model/recall@10" in capsys.readouterr().out
 
 
 def test_bad_input_exits_2_naming_file_and_column(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

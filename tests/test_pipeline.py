@@ -57,9 +57,45 @@ def test_artifact_is_published_and_complete(job) -> None:
             assert recall["recall@10"] >= 0.9999 and recall["recall@100"] >= 0.9999, name
 
 
-def test_evaluate_artifact_reproduces_the_stored_metrics(job) -> None:
+def test_published_model_is_refit_on_every_row(job) -> None:
+    """Evaluated on the split, then refit on every row: a user whose target rows
+    were held out (cold-start test) is WARM in the published model, and the
+    manifest records both training sets."""
+    from recxfer.data import load_data_dir
+    from recxfer.pipeline import split_data
+
+    root, result = job
+    config = JobConfig()
+    data = load_data_dir(SAMPLES, config.domains)
+    split = split_data(data, config)
+    artifact = read_artifact(root / "current")
+    training = artifact.manifest["training"]
+    assert training["evaluated"] == result.training["evaluated"]
+    assert training["evaluated"]["rows"] == len(split.train)
+    assert training["published"]["rows"] == len(data.interactions) > len(split.train)
+    assert training["published"]["refit"] is True
+    # the refit ran for the evaluated run's chosen epoch count, warm-started from it
+    best = training["evaluated"]["best_epoch"]
+    assert 1 <= best <= training["evaluated"]["epochs_run"]
+    assert training["published"]["refit_epochs"] == best and "refit_s" in result.timings
+    assert len(np.load(artifact.file(training["published"]["pairs_file"]))) == len(data.interactions)
+    # warm starts continue from the evaluated model (it never saw the held-out rows)
+    assert artifact.manifest["user_encoder"]["weights_model"] == "evaluated"
+    for target in ("books", "music"):
+        emb = load_domain(artifact, target)
+        origin = dict(zip(emb.user_ids, emb.user_origin))
+        cold = split.test[target]["user_id"].unique()
+        assert len(cold) >= 50 and all(origin[u] == UserOrigin.WARM.value for u in cold)
+
+
+def test_evaluate_artifact_of_a_refit_artifact_reports_the_evaluated_metrics(
+    job, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refit trained on the split's test rows, so they cannot score it again:
+    on the same data `evaluate` reports the manifest's (evaluated model's) metrics."""
     root, result = job
     again = evaluate_artifact(SAMPLES, root / "current")
+    assert "was refit on every row of this data" in caplog.text
     for target in ("books", "music"):
         for metric, value in result.results[target]["model"].items():
             assert again[target]["model"][metric] == pytest.approx(value, abs=1e-6)
@@ -91,18 +127,15 @@ def test_recommend_from_history_equals_recommend_for_a_cold_user(job) -> None:
     """A user known only in video: embedding their training video history at query
     time gives the same target recommendations as their stored embedding."""
     from recxfer.data import load_data_dir
-    from recxfer.pipeline import split_data
     from recxfer.serve import create_server
     from recxfer.serve.client import RecommenderClient
 
     root, result = job
     config = JobConfig()
-    split = split_data(load_data_dir(SAMPLES, config.domains), config)
-    train = split.train
+    train = load_data_dir(SAMPLES, config.domains).interactions  # the published model's rows
     domains_of = train.groupby("user_id")["domain"].unique()
-    cold = split.test["books"]["user_id"].unique()
-    video_only = [u for u in cold if list(domains_of[u]) == ["video"]]
-    assert video_only, "the split should hold users known only in video"
+    video_only = sorted(u for u, d in domains_of.items() if list(d) == ["video"])
+    assert video_only, "the data should hold users known only in video"
     user = str(video_only[0])
     rows = train[(train["user_id"] == user) & (train["domain"] == "video")]
     history = rows.sort_values("timestamp")["item_id"].tolist()  # oldest first

@@ -79,8 +79,13 @@ def _load_ids(path: Path) -> np.ndarray:
     return np.array(ids, dtype=object)
 
 
-def load_domain(artifact: Artifact, domain: str) -> DomainEmbeddings:
+def load_domain(artifact: Artifact, domain: str, mmap: bool = False) -> DomainEmbeddings:
     """Read one domain's tables from a verified artifact.
+
+    Args:
+        mmap: map the ``.npy`` arrays read-only (``np.memmap``) instead of reading
+            them: processes serving one artifact then share one copy in the page
+            cache. Writing into them raises; callers that change them must copy.
 
     Raises:
         ArtifactError: a file is missing or its content is inconsistent.
@@ -88,7 +93,7 @@ def load_domain(artifact: Artifact, domain: str) -> DomainEmbeddings:
     base = domain_dir(domain)
     try:
         arrays = {
-            name: np.load(artifact.file(f"{base}/{name}.npy"), allow_pickle=False)
+            name: _load_array(artifact.file(f"{base}/{name}.npy"), mmap)
             for name in (
                 "user_emb", "user_origin", "item_emb", "item_popularity",
                 "seen_indptr", "seen_indices",
@@ -118,6 +123,11 @@ def load_domain(artifact: Artifact, domain: str) -> DomainEmbeddings:
         raise ArtifactError(f"{artifact.path}: domain {domain!r} cannot be loaded: {exc}") from exc
 
 
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    """A ``.npy`` array, read or (``mmap``) mapped read-only."""
+    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+
+
 def transfer_dir(target: str) -> str:
     """Relative folder of a target's item-to-item transfer."""
     return "transfer/" + domain_dir(target).split("/", 1)[1]
@@ -144,9 +154,15 @@ def save_transfer(folder: Path, transfer: DomainTransfer) -> None:
 
 
 def load_transfer(
-    artifact: Artifact, target: str, src_item_ids: np.ndarray, tgt_item_ids: np.ndarray
+    artifact: Artifact, target: str, src_item_ids: np.ndarray, tgt_item_ids: np.ndarray,
+    mmap: bool = False,
 ) -> DomainTransfer:
     """Read a target's transfer; its matrices must fit the two item tables.
+
+    Args:
+        mmap: map the csr arrays read-only (see ``load_domain``); a matrix whose
+            indices are not canonical (sorted, no duplicates: scipy would fix them
+            in place) is copied into memory instead.
 
     Raises:
         ArtifactError: a file is missing or inconsistent.
@@ -163,18 +179,24 @@ def load_transfer(
         shape = (len(src_item_ids), len(tgt_item_ids))
         matrices = []
         for name in names:
-            parts = [np.load(artifact.file(f"{base}/{name}_{p}.npy"), allow_pickle=False)
+            parts = [_load_array(artifact.file(f"{base}/{name}_{p}.npy"), mmap)
                      for p in ("indptr", "indices", "data")]
             indptr, indices, data = parts
             if (indptr.shape != (shape[0] + 1,) or indptr[0] != 0 or indptr[-1] != len(indices)
                     or len(indices) != len(data) or np.any(np.diff(indptr) < 0)
                     or (len(indices) and (indices.min() < 0 or indices.max() >= shape[1]))):
                 raise ArtifactError(f"{where}: component {name!r} does not fit the item tables {shape}")
-            matrices.append(sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=shape))
-        popularity = np.load(artifact.file(f"{base}/popularity.npy"), allow_pickle=False)
+            # copy=False: a mapped float32 ``data`` stays mapped (scipy keeps int32
+            # ``indices`` as they are; only ``indptr``, n_src + 1 ints, may be converted).
+            matrix = sp.csr_matrix((data.astype(np.float32, copy=False), indices, indptr), shape=shape)
+            if mmap and not matrix.has_canonical_format:
+                matrix = sp.csr_matrix((np.array(data, np.float32), np.array(indices), np.array(indptr)),
+                                       shape=shape)
+            matrices.append(matrix)
+        popularity = _load_array(artifact.file(f"{base}/popularity.npy"), mmap)
         scorer = ItemToItemScorer(src_item_ids, tgt_item_ids, tuple(str(n) for n in names),
                                   tuple(matrices), tuple(float(w) for w in weights),
-                                  popularity.astype(np.float32), float(meta["pop_weight"]),
+                                  popularity.astype(np.float32, copy=False), float(meta["pop_weight"]),
                                   float(meta.get("embedding_weight", 0.0)))
         return DomainTransfer(str(meta["source"]), target, scorer)
     except ArtifactError:

@@ -1,30 +1,30 @@
 """An exclusive lock on an artifacts root, so that one writer at a time stages,
-publishes, prunes or rolls back.
+publishes, prunes or rolls back (``recxfer train``, ``run``, ``nightly``,
+``rollback``).
 
-The lock is the file ``ROOT/.lock``, created with ``O_CREAT | O_EXCL`` (atomic on
-a local file system) and holding JSON::
+The lock is ``fcntl.flock(LOCK_EX | LOCK_NB)`` on the file ``ROOT/.lock``. The
+kernel owns it: it is released when the holder closes the file or dies (SIGKILL,
+OOM kill, a crash), so there is no stale lock to detect or break. The file holds
+JSON for information only (error messages and logs), never to decide who holds it::
 
-    {"pid": 4242, "host": "worker-1", "started_at": "2024-05-01T02:00:00+00:00",
-     "proc_start": 123456789, "token": "9f2c..."}
+    {"pid": 4242, "host": "worker-1", "started_at": "2024-05-01T02:00:00+00:00"}
 
-A lock is *stale*, and is cleared by the next ``acquire``, when its holder is
-known to be gone: on the same host, no process with that pid exists, or one does
-but started after the lock was taken (the pid was reused; ``proc_start`` is the
-kernel's start time of the process, from ``/proc``). A lock from another host
-cannot be checked; it is only treated as stale when older than
-``stale_after_s`` (off by default: an operator checks and deletes the file). A
-stale lock is removed by renaming it to a unique name first and checking that
-the renamed file is still the one judged stale, so two processes breaking the
-same stale lock cannot both win.
+``release`` deletes the file while still holding the lock; ``acquire`` checks,
+after locking, that the file it locked is still the one at ``ROOT/.lock`` (and
+retries otherwise), so a release racing an acquire never leaves two holders. A
+holder killed before releasing leaves the file behind; the next ``acquire`` locks
+it at once and logs whose it was. On NFS the Linux client maps ``flock`` onto
+NFS locks, which the server drops when a dead client's lease expires.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import socket
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,11 +33,11 @@ from types import TracebackType
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
-_UNREADABLE_GRACE_S = 30.0  # a lock file being written right now may still be empty
+_ATTEMPTS = 10
 
 
 class LockHeldError(RuntimeError):
-    """Another live process holds the lock."""
+    """Another process (or another ``RootLock`` of this one) holds the lock."""
 
     def __init__(self, path: Path, holder: "LockInfo | None", detail: str) -> None:
         self.path = path
@@ -47,70 +47,32 @@ class LockHeldError(RuntimeError):
 
 @dataclass(frozen=True)
 class LockInfo:
-    """Who holds a lock."""
+    """Who holds (or last held) a lock: written into the lock file for people."""
 
     pid: int
     host: str
     started_at: str
-    token: str
-    proc_start: int | None = None
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host} since {self.started_at}"
 
 
-def _proc_start(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks after boot), or ``None``."""
+def _parse(text: str) -> LockInfo | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        data = json.loads(text)
+        return LockInfo(pid=int(data["pid"]), host=str(data["host"]),
+                        started_at=str(data["started_at"]))
+    except (ValueError, KeyError, TypeError):
         return None
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22 of stat(5)
-    except (IndexError, ValueError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def read_lock(path: str | Path) -> LockInfo | None:
-    """The lock's content, or ``None`` when the file is missing or unreadable."""
+    """The lock file's content, or ``None`` when it is missing, empty or unreadable.
+    Information only: whether the lock is held is the kernel's business."""
     try:
-        data = json.loads(Path(path).read_text())
-        return LockInfo(
-            pid=int(data["pid"]), host=str(data["host"]), started_at=str(data["started_at"]),
-            token=str(data["token"]),
-            proc_start=int(data["proc_start"]) if data.get("proc_start") is not None else None,
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        return _parse(Path(path).read_text())
+    except OSError:
         return None
-
-
-def stale_reason(info: LockInfo, stale_after_s: float | None = None) -> str | None:
-    """Why the lock ``info`` is stale, or ``None`` when its holder may be alive."""
-    if info.host == socket.gethostname():
-        if not _pid_alive(info.pid):
-            return f"process {info.pid} is gone"
-        now_start = _proc_start(info.pid)
-        if info.proc_start is not None and now_start is not None and now_start != info.proc_start:
-            return f"pid {info.pid} now belongs to another process"
-        return None
-    if stale_after_s is not None:
-        try:
-            age = (datetime.now(timezone.utc) - datetime.fromisoformat(info.started_at)).total_seconds()
-        except ValueError:
-            return None
-        if age > stale_after_s:
-            return f"taken on {info.host} {age:.0f} s ago (> {stale_after_s:.0f} s)"
-    return None
 
 
 class RootLock:
@@ -122,85 +84,78 @@ class RootLock:
             ...  # stage, publish, prune
 
     Raises (on enter):
-        LockHeldError: a live process holds it.
+        LockHeldError: someone holds it, naming the holder's pid when known.
     """
 
-    def __init__(self, root: str | Path, stale_after_s: float | None = None) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.path = self.root / LOCK_FILE
-        self.stale_after_s = stale_after_s
         self.info: LockInfo | None = None
+        self._fd: int | None = None
 
     def acquire(self) -> LockInfo:
-        """Take the lock, clearing a stale one first (logged)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            info = LockInfo(
-                pid=os.getpid(), host=socket.gethostname(),
-                started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                token=uuid.uuid4().hex, proc_start=_proc_start(os.getpid()),
-            )
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._clear_if_stale()
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(asdict(info), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.info = info
-            return info
-        holder = read_lock(self.path)
-        raise LockHeldError(
-            self.path, holder,
-            f"locked by {holder.describe()}" if holder else "locked (holder unreadable)",
-        )
+        """Take the lock without waiting.
 
-    def _clear_if_stale(self) -> None:
-        try:
-            seen = self.path.read_bytes()
-            mtime = self.path.stat().st_mtime
-        except FileNotFoundError:
-            return  # released meanwhile: retry
-        holder = read_lock(self.path)
-        if holder is None:
-            age = datetime.now(timezone.utc).timestamp() - mtime
-            if age < _UNREADABLE_GRACE_S:
-                raise LockHeldError(self.path, None, "locked (lock file being written)")
-            reason = f"unreadable lock file {age:.0f} s old"
-        else:
-            reason = stale_reason(holder, self.stale_after_s)
-            if reason is None:
-                raise LockHeldError(self.path, holder, f"locked by {holder.describe()}")
-        grave = self.root / f"{LOCK_FILE}.stale-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(self.path, grave)
-        except FileNotFoundError:
-            return  # another process cleared it first
-        if grave.read_bytes() != seen:  # we moved a lock someone just took: put it back
+        Raises:
+            LockHeldError: it is held.
+            RuntimeError: already held by this object.
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path}: already held by this RootLock")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for _ in range(_ATTEMPTS):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                os.link(grave, self.path)
-            except FileExistsError:
-                pass
-            grave.unlink(missing_ok=True)
-            return
-        grave.unlink(missing_ok=True)
-        log.warning(
-            "cleared a stale lock %s (%s): %s",
-            self.path, holder.describe() if holder else "no holder info", reason,
-        )
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = read_lock(self.path)
+                raise LockHeldError(
+                    self.path, holder,
+                    f"locked by {holder.describe()}" if holder
+                    else "locked (its holder has not written its pid yet)",
+                ) from None
+            if not self._is_current(fd):  # released (deleted) between our open and flock
+                os.close(fd)
+                continue
+            left = _parse(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            if left is not None:
+                log.warning(
+                    "%s was left by %s, which ended without releasing it (process gone; the "
+                    "kernel released its lock): taking it over", self.path, left.describe())
+            info = LockInfo(pid=os.getpid(), host=socket.gethostname(),
+                            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            data = json.dumps(asdict(info)).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+            self._fd, self.info = fd, info
+            return info
+        raise LockHeldError(self.path, None, "the lock file keeps being replaced; try again")
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
 
     def held(self) -> bool:
-        """Whether the lock file on disk is still ours."""
-        current = read_lock(self.path)
-        return self.info is not None and current is not None and current.token == self.info.token
+        """Whether we hold the lock and its file is still ``ROOT/.lock`` (false if
+        someone deleted the file by hand)."""
+        return self._fd is not None and self._is_current(self._fd)
 
     def release(self) -> None:
-        """Remove the lock file if it is still ours."""
-        if self.held():
-            self.path.unlink(missing_ok=True)
-        self.info = None
+        """Delete the lock file (if still ours) and unlock; a no-op when not held."""
+        if self._fd is None:
+            return
+        try:
+            if self.held():
+                self.path.unlink(missing_ok=True)  # while still locked: see the module doc
+        finally:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd, self.info = None, None
 
     def __enter__(self) -> "RootLock":
         self.acquire()

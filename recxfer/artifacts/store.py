@@ -10,6 +10,18 @@ It is staged under a hidden temporary name in ``ROOT`` and renamed into place
 only when complete, so a final name never holds a partial artifact. The
 ``ROOT/current`` symlink names the production artifact and is switched with an
 atomic rename.
+
+Verification records: the writers (``write_artifact``, ``publish``, ``rollback``),
+after hashing every file, write ``<version>/.verified`` (not in the manifest): the
+manifest's sha256 and each file's size, inode, mtime and ctime as they were before
+hashing. ``read_artifact(path, trust_marker=True)`` (what serving uses: N server
+processes would otherwise hash every artifact N times on each reload) skips the
+sha256 of the files when that record matches the files now *and* every recorded
+ctime is older than the record's own ctime. Any write to a file after it was
+recorded sets its ctime to the filesystem's clock at that moment, no earlier than
+the record's, so a changed, replaced or copied file (new inode, new ctime) is
+hashed again; a record written in the same clock tick as a file is not trusted.
+``recxfer info --verify`` and every writer always hash.
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ from recxfer.artifacts.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 CURRENT = "current"
+VERIFIED = ".verified"  # the writers' verification record (see the module doc)
+_VERIFIED_TMP = ".verified.tmp"
 FORMAT = 1
 _STAGING_PREFIX = ".staging-"
 _TRASH_PREFIX = ".trash-"
@@ -140,7 +154,7 @@ def write_artifact(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    builder.artifact = read_artifact(final)
+    builder.artifact = _verify_and_record(final)
 
 
 class ArtifactBuilder:
@@ -182,22 +196,35 @@ class ArtifactBuilder:
         _fsync_dir(self.path)
 
 
-def read_artifact(path: str | Path) -> Artifact:
+def read_artifact(path: str | Path, *, trust_marker: bool = False) -> Artifact:
     """Open and verify an artifact (a version folder or the ``current`` link).
+
+    Args:
+        trust_marker: skip the files' sha256 when the writers' verification record
+            (``.verified``, see the module doc) shows they are unchanged since they
+            were hashed; sizes, presence and unlisted files are checked either way.
 
     Raises:
         ArtifactError: no manifest, unreadable manifest, unknown format, a listed
             file missing, of the wrong size or with the wrong sha256, or an
             unlisted file present.
     """
-    path = Path(path).resolve()
+    return _verify(Path(path), trust_marker)[0]
+
+
+def _verify(path: Path, trust_marker: bool) -> tuple[Artifact, dict[str, list[int]] | None]:
+    """``read_artifact``; also returns the files' stats taken before hashing them
+    (``None`` when the record was trusted and nothing was hashed)."""
+    path = path.resolve()
     manifest_path = path / MANIFEST
     if not path.is_dir():
         raise ArtifactError(f"{path}: no artifact folder here")
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: no {MANIFEST}; the artifact is partial or not an artifact")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest_stat = _stat(manifest_path)
+        manifest_bytes = manifest_path.read_bytes()
+        manifest = json.loads(manifest_bytes.decode())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict):
@@ -210,6 +237,8 @@ def read_artifact(path: str | Path) -> Artifact:
     listed = manifest["files"]
     if not isinstance(listed, dict):
         raise ArtifactError(f"{manifest_path}: 'files' is not an object")
+    trusted = trust_marker and _record_matches(path, manifest_bytes, listed)
+    stats: dict[str, list[int]] = {MANIFEST: manifest_stat}
     for rel, meta in listed.items():
         rel_path = Path(rel)
         if rel_path.is_absolute() or ".." in rel_path.parts:
@@ -219,17 +248,59 @@ def read_artifact(path: str | Path) -> Artifact:
         file = path / rel
         if not file.is_file():
             raise ArtifactError(f"{path}: file {rel!r} listed in the manifest is missing")
-        if file.stat().st_size != meta["bytes"]:
+        stats[rel] = _stat(file)
+        if stats[rel][0] != meta["bytes"]:
             raise ArtifactError(
-                f"{path}: file {rel!r} has {file.stat().st_size} bytes, manifest says {meta['bytes']}"
+                f"{path}: file {rel!r} has {stats[rel][0]} bytes, manifest says {meta['bytes']}"
             )
-        if sha256_file(file) != meta["sha256"]:
+        if not trusted and sha256_file(file) != meta["sha256"]:
             raise ArtifactError(f"{path}: file {rel!r} fails its sha256 check (corrupt)")
     present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    unlisted = sorted(present - set(listed) - {MANIFEST})
+    unlisted = sorted(present - set(listed) - {MANIFEST, VERIFIED, _VERIFIED_TMP})
     if unlisted:
         raise ArtifactError(f"{path}: files not in the manifest: {unlisted[:5]}")
-    return Artifact(path, manifest)
+    return Artifact(path, manifest), None if trusted else stats
+
+
+def _stat(file: Path) -> list[int]:
+    """What the verification record compares: size, inode, mtime and ctime (ns)."""
+    st = file.stat()
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _record_matches(path: Path, manifest_bytes: bytes, listed: dict[str, Any]) -> bool:
+    """Whether ``path/.verified`` vouches for the files as they are now."""
+    record_path = path / VERIFIED
+    try:
+        record_ctime = record_path.stat().st_ctime_ns
+        record = json.loads(record_path.read_text())
+        files = record["files"]
+        if record["manifest_sha256"] != hashlib.sha256(manifest_bytes).hexdigest():
+            return False
+        if not isinstance(files, dict) or set(files) != {MANIFEST, *listed}:
+            return False
+        for rel, recorded in files.items():
+            if recorded != _stat(path / rel) or recorded[3] >= record_ctime:
+                return False
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    return True
+
+
+def _verify_and_record(path: Path) -> Artifact:
+    """``read_artifact`` hashing every file, then (best effort: a folder this process
+    cannot write is left as it is) write the verification record."""
+    artifact, stats = _verify(Path(path), trust_marker=False)
+    assert stats is not None
+    record = {"manifest_sha256": hashlib.sha256((artifact.path / MANIFEST).read_bytes()).hexdigest(),
+              "files": stats}
+    tmp = artifact.path / _VERIFIED_TMP
+    try:
+        tmp.write_text(json.dumps(record, sort_keys=True))
+        os.replace(tmp, artifact.path / VERIFIED)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return artifact
 
 
 def publish(root: str | Path, version: str) -> Path:
@@ -239,7 +310,7 @@ def publish(root: str | Path, version: str) -> Path:
         The ``current`` link path.
     """
     root = Path(root)
-    read_artifact(root / version)
+    _verify_and_record(root / version)
     link = root / CURRENT
     tmp = root / f".{CURRENT}-{uuid.uuid4().hex[:8]}"
     os.symlink(version, tmp)
@@ -346,6 +417,5 @@ def rollback(root: str | Path, to: str | None = None) -> tuple[str, str]:
         raise ArtifactError(f"{root}: no complete artifact version {to!r}; have {versions}")
     if to == current:
         raise ArtifactError(f"{root}: {to!r} is already the current version")
-    read_artifact(root / to)  # verify first; raises naming the bad file
-    publish(root, to)
+    publish(root, to)  # verifies first; raises naming the bad file
     return current, to

@@ -3,7 +3,13 @@
 Interactions: ``user_id``, ``item_id``, ``domain`` and optionally ``weight``
 (positive float) and ``timestamp`` (integer). Items: ``item_id``, ``domain``,
 ``title`` and optionally ``text``. Ids are read as strings whatever their look,
-so ``"007"`` and ``7`` stay distinct and match across files.
+so ``"007"`` and ``7`` stay distinct and match across files; an id with a control
+character (NUL, tab, newline, DEL, ...) inside is refused. Timestamps must be
+integers within int64 (``1e25`` is refused, never wrapped by a cast).
+
+Errors name the file, the column and the line(s): the file's line for CSV/TSV
+(the header is line 1, so the first data row is line 2), the same number for
+Parquet (data row + 1).
 
 Files may be CSV (``.csv``), TSV (``.tsv``/``.txt``) or Parquet (``.parquet``), or a
 folder of such files (e.g. Parquet partitions), which are concatenated.
@@ -26,6 +32,8 @@ ITEM_REQUIRED = ("item_id", "domain", "title")
 ITEM_OPTIONAL = ("text",)
 _ID_COLUMNS = ("user_id", "item_id", "domain")
 _SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None}
+_CONTROL = r"[\x00-\x1f\x7f-\x9f]"  # C0 controls (NUL, tab, newline, ...), DEL, C1 controls
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,11 @@ def _check_columns(frame: pd.DataFrame, spec: TableSpec, path: Path) -> None:
         )
 
 
+def _lines(frame: pd.DataFrame, bad: pd.Series) -> list[int]:
+    """The first few lines of the rows ``bad`` marks (+2: 1-based and the header line)."""
+    return (frame.index[bad.to_numpy()][:5] + 2).tolist()
+
+
 def _normalise(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.DataFrame:
     frame = frame.copy()
     for col in _ID_COLUMNS:
@@ -98,19 +111,26 @@ def _normalise(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.DataFrame
         values = frame[col]
         null = values.isna() | (values.astype(str).str.strip() == "")
         if null.any():
-            rows = (frame.index[null][:5] + 2).tolist()  # +2: 1-based and header line
             raise DataValidationError(
                 f"{path}: column {col!r} has {int(null.sum())} empty value(s) "
-                f"(first at line(s) {rows})"
+                f"(first at line(s) {_lines(frame, null)})"
             )
-        frame[col] = values.astype(str).str.strip()
+        values = values.astype(str).str.strip()
+        control = values.str.contains(_CONTROL, regex=True)
+        if control.any():
+            raise DataValidationError(
+                f"{path}: column {col!r} has {int(control.sum())} value(s) with a control "
+                f"character (NUL, tab, newline, ...) (first at line(s) {_lines(frame, control)}), "
+                f"e.g. {values[control].iloc[0]!r}"
+            )
+        frame[col] = values
     if "weight" in frame.columns:
         weight = pd.to_numeric(frame["weight"], errors="coerce")
         bad = weight.isna() | ~np.isfinite(weight) | (weight <= 0)
         if bad.any():
             raise DataValidationError(
                 f"{path}: column 'weight' must be a positive number; {int(bad.sum())} bad "
-                f"value(s), e.g. {frame['weight'][bad].iloc[0]!r}"
+                f"value(s) (first at line(s) {_lines(frame, bad)}), e.g. {frame['weight'][bad].iloc[0]!r}"
             )
         frame["weight"] = weight.astype("float32")
     if "timestamp" in frame.columns:
@@ -118,8 +138,20 @@ def _normalise(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.DataFrame
         bad = ts.isna() | ~np.isfinite(ts) | (ts != np.floor(ts))
         if bad.any():
             raise DataValidationError(
-                f"{path}: column 'timestamp' must be an integer; e.g. "
-                f"{frame['timestamp'][bad].iloc[0]!r}"
+                f"{path}: column 'timestamp' must be an integer; {int(bad.sum())} bad value(s) "
+                f"(first at line(s) {_lines(frame, bad)}), e.g. {frame['timestamp'][bad].iloc[0]!r}"
+            )
+        if ts.dtype.kind == "u":
+            out = ts > _INT64_MAX
+        elif ts.dtype.kind == "f":  # 2**63 is exact in float64; every float below it fits
+            out = (ts >= 2.0**63) | (ts < -(2.0**63))
+        else:
+            out = pd.Series(False, index=ts.index)
+        if out.any():
+            raise DataValidationError(
+                f"{path}: column 'timestamp' is outside the int64 range [-2**63, 2**63 - 1]; "
+                f"{int(out.sum())} value(s) (first at line(s) {_lines(frame, out)}), "
+                f"e.g. {frame['timestamp'][out].iloc[0]!r}"
             )
         frame["timestamp"] = ts.astype("int64")
     for col in ("title", "text"):

@@ -2,9 +2,12 @@
 
 One file, no external resources: plots are PNGs embedded as base64 ``data:``
 URIs, styles are inline. Sections, in order: the outcome (status and gate
-decision), key facts, the gate checks, metric tables per user group, recall@k
-curves, per-domain cold/warm bars, training loss curves, score distributions,
-step timings and the configuration.
+decision), key facts, model selection (validation per epoch, the chosen epoch
+marked, and a plain sentence when production's weights were kept), the gate
+checks, the comparison with production (on the rows production never trained
+on), the new model on every held-out row, recall@k curves, per-domain
+cold/warm bars, training loss per domain, score distributions, step timings and
+the configuration.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from recxfer.eval import plots
 
 TABLE_METRICS = ("recall@10", "ndcg@10", "hr@10", "recall@50", "mrr")
 _STATUS_COLOURS = {"published": "#2e7d32", "forced": "#ef6c00", "gated": "#c62828"}
+_COMPARED = ("Compared with production on the held-out rows production never trained on (it was refit "
+             "on every row up to its night): the gate decides on these.")
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,9 @@ class RunReport:
         status: ``"published"``, ``"forced"`` (published despite the gate) or ``"gated"``.
         headline: one sentence under the status, e.g. the gate's reason.
         facts: ordered label -> value pairs (run id, data fingerprint, production version, ...).
-        results: ``group -> domain -> method -> metric -> value`` (see ``plots``).
+        results: ``group -> domain -> method -> metric -> value`` (see ``plots``):
+            the comparison the gate decided on (the nightly: rows production never
+            trained on).
         ks: the cut-offs evaluated (x axis of the recall curves).
         gate_checks: one dict per check (``target``, ``metric``, ``new``,
             ``production``, ``tolerance``, ``passed``, ``note``).
@@ -44,6 +51,14 @@ class RunReport:
         timings: step -> seconds.
         config: the run's configuration (shown as JSON).
         bar_metric: metric of the per-domain bar chart.
+        evaluated: the new model on every held-out row (same layout as
+            ``results``); shown as its own tables when given.
+        comparison_rows: ``group -> domain -> {"heldout_rows", "comparable_rows",
+            "rows_production_trained_on", "users_warm_in_production"}``.
+        selection: ``val_scores`` (epoch ``i + 1`` at index ``i``), ``best_epoch``
+            (1-based, 0: the warm-started weights were kept), ``warm_score``,
+            ``kept_production_weights`` and ``statement`` (one sentence).
+        refit_losses: domain -> loss per epoch of the refit on every row.
     """
 
     title: str
@@ -59,6 +74,10 @@ class RunReport:
     timings: Mapping[str, float] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
     bar_metric: str = "recall@50"
+    evaluated: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]] = field(default_factory=dict)
+    comparison_rows: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
+    selection: Mapping[str, Any] = field(default_factory=dict)
+    refit_losses: Mapping[str, Sequence[float]] | None = None
 
 
 def _e(value: object) -> str:
@@ -78,7 +97,8 @@ def _fmt(value: object) -> str:
     return _e(value)
 
 
-def _metrics_table(group: str, by_domain: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+def _metrics_table(group: str, by_domain: Mapping[str, Mapping[str, Mapping[str, float]]],
+                   rows_of: Mapping[str, Mapping[str, int]] | None = None) -> str:
     head = "".join(f"<th>{_e(m)}</th>" for m in TABLE_METRICS)
     rows = []
     for domain in sorted(by_domain):
@@ -90,9 +110,50 @@ def _metrics_table(group: str, by_domain: Mapping[str, Mapping[str, Mapping[str,
             label = plots.METHOD_LABELS.get(method, method)
             rows.append(f"<tr><td>{_e(domain)}</td><td>{_e(label)}</td><td>{users_cell}</td>{cells}</tr>")
     title = plots.GROUP_LABELS.get(group, group)
+    notes = ""
+    if rows_of:
+        notes = "<ul class='muted'>" + "".join(_rows_note(domain, n) for domain, n in sorted(rows_of.items()))
+        notes += "</ul>"
     return (
         f"<h3>{_e(title)}</h3><table><tr><th>domain</th><th>method</th><th>users</th>{head}</tr>"
-        + "".join(rows) + "</table>"
+        + "".join(rows) + "</table>" + notes
+    )
+
+
+def _rows_note(domain: str, n: Mapping[str, Any]) -> str:
+    if n.get("basis") == "recorded":
+        return (f"<li>{_e(domain)}: production trained on all {n.get('heldout_rows')} held-out rows; "
+                "compared with its recorded evaluation (its manifest: its evaluated model on its own "
+                "night's held-out rows), the new model on every held-out row</li>")
+    return (f"<li>{_e(domain)}: {n.get('comparable_rows')} of {n.get('heldout_rows')} held-out rows "
+            f"compared; left out: {n.get('rows_production_trained_on')} rows production trained on"
+            + (f", {n.get('users_warm_in_production')} users production knows as warm"
+               if n.get("users_warm_in_production") else "")
+            + ("" if n.get("comparable_rows") else " (nothing left: not compared)") + "</li>")
+
+
+def _selection_html(selection: Mapping[str, Any]) -> str:
+    if not selection:
+        return ""
+    val = list(selection.get("val_scores") or [])
+    best = int(selection.get("best_epoch") or 0)
+    kept = bool(selection.get("kept_production_weights"))
+    png = plots.validation_curve(val, best, selection.get("warm_score"))
+    rows = "".join(
+        f"<tr{' class=ok' if i == best else ''}><td>{i}</td><td>{_fmt(score)}</td>"
+        f"<td>{'chosen' if i == best else ''}</td></tr>"
+        for i, score in ([(0, selection["warm_score"])] if selection.get("warm_score") is not None else [])
+        + list(enumerate(val, start=1))
+    )
+    table = ("<table><tr><th>epoch</th><th>validation</th><th></th></tr>" + rows + "</table>") if rows else ""
+    return (
+        "<h2>Model selection</h2>"
+        + (f"<p class='kept'><b>Production's weights were kept.</b> {_e(selection.get('statement', ''))}</p>"
+           if kept else f"<p>{_e(selection.get('statement', ''))}</p>")
+        + "<p class='muted'>Validation score (recall@10 of the validation cold-start users) after each "
+          "epoch, numbered from 1; epoch 0 is the warm-started weights before training. The chosen "
+          "epoch is circled.</p>"
+        + _img(png, "validation score per epoch") + table
     )
 
 
@@ -118,7 +179,9 @@ def render_html(report: RunReport) -> str:
     """The report as one self-contained HTML page."""
     colour = _STATUS_COLOURS.get(report.status, "#455a64")
     facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in report.facts.items())
-    tables = "".join(_metrics_table(g, report.results[g]) for g in report.results)
+    tables = "".join(_metrics_table(g, report.results[g], report.comparison_rows.get(g))
+                     for g in report.results)
+    evaluated = "".join(_metrics_table(g, report.evaluated[g]) for g in report.evaluated)
     timings = "".join(
         f"<tr><th>{_e(step)}</th><td>{seconds:.2f} s</td></tr>" for step, seconds in report.timings.items()
     )
@@ -129,9 +192,11 @@ def render_html(report: RunReport) -> str:
         (f"{report.bar_metric} per domain, cold-start and warm users",
          plots.metric_bars(report.results, report.bar_metric),
          "The gate's usual metric side by side for every target and user group."),
-        ("Training loss per epoch", plots.loss_curves(report.epoch_losses, report.production_losses),
-         "Mean training loss of each domain's embeddings; production's run dashed when its "
-         "manifest recorded it. A flat or rising curve points at a bad learning rate or data."),
+        ("Training loss per epoch, per domain",
+         plots.loss_curves(report.epoch_losses, report.production_losses, report.refit_losses),
+         "Mean training loss over each domain's rows, epochs numbered from 1: tonight's evaluated run "
+         "solid, its refit on every row dash-dotted, production's run dashed when its manifest "
+         "recorded it. A flat or rising curve points at a bad learning rate or data."),
         ("Score distributions", plots.score_histograms(report.scores),
          "Scores of held-out (relevant) user-item pairs against random items for the same users; "
          "the further apart the two distributions, the better the model separates them."),
@@ -150,6 +215,7 @@ th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 th {{ background: #f3f3f3; }}
 tr.ok td {{ background: #e8f5e9; }} tr.bad td {{ background: #ffebee; }}
 .muted {{ color: #666; }}
+.kept {{ background: #fff8e1; border-left: 4px solid #ef6c00; padding: 0.4em 0.8em; }}
 .status {{ display: inline-block; padding: 0.3em 0.8em; color: white; background: {colour};
           border-radius: 4px; font-weight: bold; text-transform: uppercase; }}
 img {{ max-width: 100%; border: 1px solid #eee; }}
@@ -158,8 +224,11 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 <h1>{_e(report.title)}</h1>
 <p><span class="status">{_e(report.status)}</span> {_e(report.headline)}</p>
 <table>{facts}</table>
+{_selection_html(report.selection)}
 <h2>Gate</h2>{_gate_table(report.gate_checks)}
-<h2>Metrics</h2>{tables}
+<h2>Metrics</h2>
+<p class="muted">{_e(_COMPARED if report.evaluated else "")}</p>{tables}
+{("<h2>New model on every held-out row</h2>" + evaluated) if report.evaluated else ""}
 {figure_html}
 <h2>Timings</h2><table>{timings}</table>
 <h2>Configuration</h2><pre>{config}</pre>

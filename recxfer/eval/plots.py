@@ -21,14 +21,22 @@ from matplotlib.figure import Figure
 
 Results = Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]
 
-METHOD_LABELS = {"model": "new model", "production": "production", "popularity": "popularity"}
+METHOD_LABELS = {"model": "new model", "production": "production", "popularity": "popularity",
+                 "refit": "refit on all rows (published)"}
 METHOD_STYLES = {
     "model": {"color": "#1f77b4", "linestyle": "-", "marker": "o"},
     "production": {"color": "#ff7f0e", "linestyle": "--", "marker": "s"},
     "popularity": {"color": "#7f7f7f", "linestyle": ":", "marker": "^"},
+    "refit": {"color": "#2ca02c", "linestyle": "-.", "marker": "D"},
 }
 GROUP_LABELS = {"cold_start": "cold-start users", "warm": "warm users"}
-DPI = 90
+DPI = 100
+LEGEND = {"fontsize": 9, "framealpha": 0.9}
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", **LEGEND)
 
 
 def _png(fig: Figure) -> bytes:
@@ -75,8 +83,7 @@ def recall_curves(results: Results, ks: Sequence[int], metric: str = "recall") -
             ax.set_ylabel(f"{metric}@k")
             ax.set_title(f"{domain}: {GROUP_LABELS.get(group, group)}")
             ax.grid(alpha=0.3)
-            if methods:
-                ax.legend(fontsize=8)
+            _legend(ax)
     return _png(fig)
 
 
@@ -99,7 +106,7 @@ def metric_bars(results: Results, metric: str) -> bytes:
     ax.set_xticks(x, [f"{d}\n{GROUP_LABELS.get(g, g)}" for d, g in clusters], fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per domain, cold-start and warm users")
-    ax.legend(fontsize=8)
+    _legend(ax)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
@@ -107,15 +114,19 @@ def metric_bars(results: Results, metric: str) -> bytes:
 def loss_curves(
     epoch_losses: Mapping[str, Sequence[float]],
     production_losses: Mapping[str, Sequence[float]] | None = None,
+    refit_losses: Mapping[str, Sequence[float]] | None = None,
 ) -> bytes:
-    """Mean training loss per epoch, one panel per domain; production's dashed."""
-    domains = sorted(set(epoch_losses) | set(production_losses or {}))
+    """Mean training loss per epoch (numbered from 1), one panel per domain of the
+    new model: the new run solid, its refit on all rows dash-dotted, production's
+    run dashed (for the domains its manifest recorded)."""
+    domains = sorted(epoch_losses) or sorted(production_losses or {})
     if not domains:
         return _empty("no training losses recorded")
     fig, axes = _grid(1, len(domains), width=3.8)
     for c, domain in enumerate(domains):
         ax = axes[0, c]
         for losses, method in ((epoch_losses.get(domain), "model"),
+                               ((refit_losses or {}).get(domain), "refit"),
                                ((production_losses or {}).get(domain), "production")):
             if losses:
                 ax.plot(np.arange(1, len(losses) + 1), losses, label=METHOD_LABELS[method],
@@ -125,9 +136,43 @@ def loss_curves(
         ax.set_title(domain)
         ax.set_xlabel("epoch")
         ax.set_ylabel("training loss")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        _legend(ax)
+    return _png(fig)
+
+
+def validation_curve(
+    val_scores: Sequence[float], best_epoch: int, warm_score: float | None = None,
+    metric: str = "validation recall@10",
+) -> bytes:
+    """Validation score per epoch (numbered from 1) with the chosen epoch marked;
+    the warm-started weights' score before training as a dashed line (chosen when
+    ``best_epoch`` is 0)."""
+    if not val_scores and warm_score is None:
+        return _empty("no validation scores (this method does not validate per epoch)")
+    fig = Figure(figsize=(6.4, 3.4), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    epochs = np.arange(1, len(val_scores) + 1)
+    if len(val_scores):
+        ax.plot(epochs, val_scores, label="after each epoch", **METHOD_STYLES["model"])
+    if warm_score is not None:
+        ax.axhline(warm_score, label="warm-start weights, before training",
+                   **{k: v for k, v in METHOD_STYLES["production"].items() if k != "marker"})
+    if 1 <= best_epoch <= len(val_scores):
+        ax.scatter([best_epoch], [val_scores[best_epoch - 1]], s=160, facecolors="none",
+                   edgecolors="#d62728", linewidths=2, zorder=5, label=f"chosen: epoch {best_epoch}")
+    elif warm_score is not None:
+        ax.scatter([0], [warm_score], s=160, facecolors="none", edgecolors="#d62728", linewidths=2,
+                   zorder=5, label="chosen: warm-start weights kept")
+    ax.set_xlabel("epoch (0: before training)")
+    ax.set_ylabel(metric)
+    ax.margins(y=0.12)
+    ax.set_xlim(-0.5 if warm_score is not None else 0.5, max(1, len(val_scores)) + 0.5)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title("model selection on the validation users")
+    ax.grid(alpha=0.3)
+    _legend(ax)
     return _png(fig)
 
 
@@ -141,7 +186,7 @@ def score_histograms(scores: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]
     domains = sorted(scores)
     if not domains:
         return _empty("no scores")
-    fig, axes = _grid(1, len(domains), width=4.4)
+    fig, axes = _grid(1, len(domains), width=4.6, height=4.4)
     for c, domain in enumerate(domains):
         ax = axes[0, c]
         for method, samples in scores[domain].items():
@@ -154,9 +199,9 @@ def score_histograms(scores: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]
                 ax.hist(values, bins=40, density=True, histtype=histtype, alpha=alpha,
                         color=style.get("color"), linestyle=style.get("linestyle", "-"),
                         label=f"{METHOD_LABELS.get(method, method)}: {kind} items ({values.size})")
-        ax.set_title(f"{domain}: scores of held-out vs random items")
+        ax.set_title(f"{domain}: held-out vs random items")
         ax.set_xlabel("score <user, item>")
         ax.set_ylabel("density")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # below the panel: never over the histograms
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1, **LEGEND)
     return _png(fig)

@@ -42,7 +42,8 @@ def build_index(
 
 
 def load_index(
-    path: str | Path | None, factory: str, item_emb: np.ndarray, device: str = "auto"
+    path: str | Path | None, factory: str, item_emb: np.ndarray, device: str = "auto",
+    mmap: bool = False,
 ) -> ItemIndex:
     """The index to serve ``(n_items, d)`` ``item_emb`` with.
 
@@ -50,7 +51,8 @@ def load_index(
     GPU build; where it has none but torch sees CUDA, an exact (``Flat``) index is
     served by torch exact top-k on CUDA instead; otherwise the stored index runs
     on CPU. Without a stored index (or without faiss), exact torch search.
-    ``device="cpu"`` keeps everything on CPU.
+    ``device="cpu"`` keeps everything on CPU. ``mmap``: a stored faiss index is
+    mapped from its file where faiss can (``FaissIndex.load``).
     """
     if device not in ("auto", "cpu"):
         raise ValueError(f"unknown index device {device!r}; use 'auto' or 'cpu'")
@@ -58,7 +60,7 @@ def load_index(
     if path is not None and faiss_available():
         if gpu and faiss_gpu_count() == 0 and cuda_available() and factory in EXACT_FACTORIES:
             return ExactIndex(item_emb, device="cuda")
-        return FaissIndex.load(path, factory, use_gpu=gpu)
+        return FaissIndex.load(path, factory, use_gpu=gpu, mmap=mmap)
     return ExactIndex(item_emb, device="auto" if gpu else "cpu")
 
 

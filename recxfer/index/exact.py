@@ -6,6 +6,7 @@ path on hosts where faiss has no GPU build.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,9 +42,13 @@ class ExactIndex:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self._items = torch.as_tensor(
-            np.ascontiguousarray(item_emb, dtype=np.float32), device=self.device
-        )  # (I, d)
+        with warnings.catch_warnings():
+            # A read-only (memory-mapped) table is shared, not copied, on CPU; the
+            # index only reads it.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            self._items = torch.as_tensor(
+                np.ascontiguousarray(item_emb, dtype=np.float32), device=self.device
+            )  # (I, d)
         self._chunk = chunk or max(1, min(4096, SCORE_BUDGET // self.ntotal))
 
     @property

@@ -99,10 +99,25 @@ class FaissIndex:
         return cls(index, factory, use_gpu)
 
     @classmethod
-    def load(cls, path: str | Path, factory: str, use_gpu: bool = True) -> "FaissIndex":
-        """Read an index written by ``save``."""
+    def load(
+        cls, path: str | Path, factory: str, use_gpu: bool = True, mmap: bool = False
+    ) -> "FaissIndex":
+        """Read an index written by ``save``.
+
+        Args:
+            mmap: map the index's vectors from the file (``IO_FLAG_MMAP_IFC``, faiss
+                >= 1.9; read-only: serving never adds to an index) so that processes
+                serving one file share one copy in the page cache. Where faiss has
+                no such flag or refuses it for this index type, it is read as usual.
+        """
         if faiss is None:
             raise RuntimeError("faiss is not installed: install recxfer[cpu] or recxfer[gpu]")
+        flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None) if mmap else None
+        if flag is not None:
+            try:
+                return cls(faiss.read_index(str(path), flag), factory, use_gpu)
+            except RuntimeError as exc:
+                log.debug("faiss index %s cannot be mapped, reading it: %s", path, exc)
         return cls(faiss.read_index(str(path)), factory, use_gpu)
 
     def save(self, path: str | Path) -> None:

@@ -2,7 +2,10 @@
 
 The config file is the main job's JSON (``recxfer.pipeline.JobConfig``: ``train``,
 ``split``, ``index``, ``ks``, ``keep_versions``) plus an optional ``nightly``
-object for ``NightlyOptions``; unknown keys are refused. The artifact's manifest
+object for ``NightlyOptions``, read strictly by ``recxfer.config.from_dict`` (unknown
+keys, wrong types and out-of-range values are refused, naming the key), each part
+merged onto the nightly defaults (the split's ``method`` is ``"hash"`` unless
+given). The artifact's manifest
 stores the ``JobConfig`` part as its ``config`` (so ``recxfer evaluate`` and
 serving read nightly artifacts like any other) and the options under ``nightly``.
 """
@@ -13,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recxfer.config import from_dict
+from recxfer.config import ConfigError, from_dict
 from recxfer.eval.heldout import UNKNOWN_USER_POLICIES
 from recxfer.pipeline import JobConfig, SplitConfig
 
@@ -39,12 +42,12 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         if self.tolerance < 0:
-            raise ValueError(f"nightly.gate.tolerance must be >= 0, got {self.tolerance}")
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
         for spec in self.metrics:
             group, _, metric = spec.partition("/")
             if group not in GATE_GROUPS or not metric:
                 raise ValueError(
-                    f"nightly.gate.metrics: {spec!r} must be '<group>/<metric>' with group in "
+                    f"metrics: {spec!r} must be '<group>/<metric>' with group in "
                     f"{list(GATE_GROUPS)}, e.g. 'cold_start/recall@50'"
                 )
 
@@ -67,8 +70,9 @@ class NightlyOptions:
             know: ``"popularity"`` (its popularity ranking) or ``"miss"``.
         report_ks: extra cut-offs evaluated for the report's recall@k curves.
         keep_reports: run report folders kept under ``ROOT/reports/``.
-        stale_lock_after_s: treat a lock taken on another host as stale after
-            this many seconds (``None``: never; see ``recxfer.artifacts.lock``).
+        stale_lock_after_s: ignored, accepted so that older config files still
+            load: the root's lock is an ``flock`` the kernel releases when its
+            holder dies (``recxfer.artifacts.lock``), so no lock is ever stale.
         torch_threads: CPU threads torch may use during the run (``None``: torch's
             default, one per core). The id models are small: on a shared or busy
             host a single thread is often several times faster than contended ones.
@@ -89,15 +93,19 @@ class NightlyOptions:
     def __post_init__(self) -> None:
         if self.unknown_users not in UNKNOWN_USER_POLICIES[1:]:
             raise ValueError(
-                f"nightly.unknown_users must be one of {list(UNKNOWN_USER_POLICIES[1:])}, "
+                f"unknown_users must be one of {list(UNKNOWN_USER_POLICIES[1:])}, "
                 f"got {self.unknown_users!r}"
             )
         if self.keep_reports < 1:
-            raise ValueError(f"nightly.keep_reports must be >= 1, got {self.keep_reports}")
+            raise ValueError(f"keep_reports must be >= 1, got {self.keep_reports}")
         if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"nightly.torch_threads must be >= 1, got {self.torch_threads}")
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if any(k < 1 for k in self.report_ks):
-            raise ValueError(f"nightly.report_ks must be >= 1, got {self.report_ks}")
+            raise ValueError(f"report_ks must be >= 1, got {list(self.report_ks)}")
+        if self.stale_lock_after_s is not None and self.stale_lock_after_s < 0:
+            raise ValueError(f"stale_lock_after_s must be >= 0, got {self.stale_lock_after_s}")
+        if any(not s for s in self.interactions) or self.items == "":
+            raise ValueError("interactions and items must be non-empty paths")
 
 
 def _default_job() -> JobConfig:
@@ -159,19 +167,25 @@ class NightlyConfig:
 def nightly_config_from_dict(data: dict, where: str = "config") -> NightlyConfig:
     """Build a ``NightlyConfig`` from the flat JSON layout (job keys + ``nightly``).
 
+    Every part merges onto ``NightlyConfig()``'s defaults (so the split's method is
+    ``"hash"`` unless the file names one).
+
     Raises:
-        ValueError: unknown keys or bad values, naming the dotted path.
+        ConfigError: (a ``ValueError``) unknown keys, wrong types or bad values,
+            naming the dotted key path.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+        raise ConfigError(where, "", f"expected an object, got {type(data).__name__}")
+    defaults = NightlyConfig()
     job_part = {k: v for k, v in data.items() if k != "nightly"}
-    split = job_part.get("split", {})
-    if isinstance(split, dict):
-        job_part["split"] = {"method": "hash", **split}
-    job = from_dict(JobConfig, job_part, where=where)
-    options = from_dict(NightlyOptions, data.get("nightly", {}), where=f"{where}.nightly")
+    job = from_dict(JobConfig, job_part, where=where, base=defaults.job)
+    options = from_dict(NightlyOptions, data.get("nightly", {}), where=where, base=defaults.nightly,
+                        key="nightly")
     config = NightlyConfig(job, options)
-    config.check()
+    try:
+        config.check()
+    except ValueError as exc:
+        raise ConfigError(where, "", str(exc)) from exc
     return config
 
 

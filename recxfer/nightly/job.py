@@ -1,4 +1,10 @@
-"""The nightly retraining job: ingest → train → evaluate → gate → publish → report.
+"""The nightly retraining job: ingest → train → evaluate → gate → refit → report → publish.
+
+The model trained on tonight's split is evaluated and gated; the comparison with
+production uses only held-out rows production never trained on (its artifact
+lists its training pairs). When the gate passes, the published model is that
+model refit on every row (``recxfer.pipeline.refit_model``), and the artifact
+records both training sets (manifest ``training``).
 
 Everything runs under the artifacts root's lock (``ROOT/.lock``). On disk::
 
@@ -6,7 +12,8 @@ Everything runs under the artifacts root's lock (``ROOT/.lock``). On disk::
     ROOT/<version>/                    complete artifacts (``report/`` inside)
     ROOT/reports/<run id>/             report.html, metrics.json, run.json per run
     ROOT/.work/<key>/checkpoints/      per-epoch checkpoints of an unfinished run
-    ROOT/.lock                         pid, host and start time of the running job
+    ROOT/.work/<key>/refit/            the same for the refit on every row
+    ROOT/.lock                         flock'ed by the running job (its pid, host, start time)
 
 ``key`` hashes the data fingerprint, the training config and the production
 version warm-started from, so a run killed mid-training resumes from its last
@@ -28,12 +35,13 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -65,11 +73,18 @@ from recxfer.pipeline import (
     artifact_transfer,
     load_shared_warm_start,
     publish_and_prune,
+    refit_model,
     split_data,
+    split_description,
     train_model,
+    trained_pairs,
+    training_sets,
+    untrained_rows,
+    warm_users,
     write_model_artifact,
 )
 from recxfer.train import CrossDomainModel
+from recxfer.train.shared_domains import SharedCrossDomainModel
 from recxfer.types import DomainEmbeddings, DomainTransfer
 
 log = logging.getLogger(__name__)
@@ -100,6 +115,14 @@ class NightlyResult:
         timings: step -> seconds.
         report_dir: ``ROOT/reports/<run_id>``.
         resumed_from: domain -> MF epochs read from checkpoints (0: none).
+        evaluated: the new model and popularity on every held-out row (same layout
+            as ``results``, which holds the comparison with production on the rows
+            production never trained on, what the gate decided on).
+        comparison_rows: ``group -> target -> counts`` (see ``Evaluation.counts``).
+        model_selection: validation per epoch, the chosen epoch (1-based; 0: the
+            warm-started weights were kept) and what that means.
+        training: the published artifact's ``training`` entry (evaluated and
+            published training sets); empty when gated.
     """
 
     status: str
@@ -112,6 +135,10 @@ class NightlyResult:
     timings: dict[str, float]
     report_dir: Path
     resumed_from: dict[str, int] = field(default_factory=dict)
+    evaluated: Results = field(default_factory=dict)
+    comparison_rows: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    model_selection: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 class _Steps:
@@ -230,6 +257,53 @@ def hold_out_warm(
     return remaining, {t: held[held["domain"] == t].reset_index(drop=True) for t in targets}
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Tonight's evaluation.
+
+    Attributes:
+        evaluated: ``group -> target -> {"model", "popularity"} -> metrics`` on every
+            held-out row: the evaluated model's quality (the manifest's metrics).
+        comparison: the same layout with ``"production"`` added, on the held-out
+            rows production never trained on (see ``comparable_heldout``): what the
+            gate decides on. Without production it equals ``evaluated``; a (group,
+            target) with no such rows is absent (its gate checks are skipped).
+        counts: ``group -> target -> {"heldout_rows", "comparable_rows",
+            "rows_production_trained_on", "users_warm_in_production"}``.
+        scores: ``target -> model -> {"heldout": (n,), "random": (m,)}`` score
+            samples (production's on its comparable rows only).
+    """
+
+    evaluated: Results
+    comparison: Results
+    counts: dict[str, dict[str, dict[str, int]]]
+    scores: dict[str, dict[str, dict[str, Any]]]
+
+
+def comparable_heldout(
+    heldout: pd.DataFrame, group: str, production: DomainEmbeddings | None, pairs: np.ndarray | None
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The held-out rows production never trained on, and what was dropped.
+
+    A row whose ``(domain, user, item)`` pair is in production's training pairs
+    (``pairs``, from its manifest; ``None``: it records none, as artifacts from
+    before the refit, which trained on the split's training rows only) is dropped.
+    In the ``cold_start`` group a user production knows as warm in the target
+    (it trained on some of their target rows) is dropped too: production would
+    not be scored as cold-start there, the new model would.
+    """
+    keep = untrained_rows(heldout, pairs)
+    seen = int((~keep).sum())
+    warm_users_dropped = 0
+    if group == "cold_start" and production is not None:
+        is_warm = heldout["user_id"].isin(warm_users(production)).to_numpy()
+        warm_users_dropped = int(heldout.loc[is_warm & keep, "user_id"].nunique())
+        keep &= ~is_warm
+    counts = {"heldout_rows": int(len(heldout)), "comparable_rows": int(keep.sum()),
+              "rows_production_trained_on": seen, "users_warm_in_production": warm_users_dropped}
+    return heldout[keep].reset_index(drop=True), counts
+
+
 def evaluate_models(
     model: CrossDomainModel,
     cold_test: dict[str, pd.DataFrame],
@@ -238,56 +312,105 @@ def evaluate_models(
     production: dict[str, DomainEmbeddings],
     config: NightlyConfig,
     production_transfers: dict[str, DomainTransfer] | None = None,
-) -> tuple[Results, dict[str, dict[str, dict[str, Any]]]]:
-    """The new model, production and popularity on the same held-out rows.
+    production_pairs: np.ndarray | None = None,
+    production_metrics: Mapping[str, Any] | None = None,
+) -> Evaluation:
+    """The new (evaluated) model, production and popularity on held-out rows.
 
     Each user's training rows in this split are excluded from every model's
-    ranking. Held-out users production does not know are scored by the
+    ranking. The new model and popularity are scored on every held-out row
+    (``evaluated``); the comparison with production (``comparison``) scores all
+    three on the rows production never trained on (``production_pairs``: its
+    training pairs, see ``comparable_heldout``), so neither side is judged on rows
+    it has seen. Held-out users production does not know are scored by the
     ``unknown_users`` policy.
+
+    Where production trained on every held-out row of a (group, target) (e.g. a
+    night without new data), the comparison falls back to production's recorded
+    evaluation (``production_metrics``: its manifest's metrics, its evaluated
+    model on its own night's held-out rows, the same users under the stable
+    ``hash`` split) against the new model on every held-out row; ``counts`` says
+    ``"basis": "recorded"`` (else ``"rows production never trained on"``).
 
     Cold users are scored as served: by the target's item-to-item transfer where
     the model (``model.transfers``) or production (``production_transfers``) has one.
-
-    Returns:
-        ``(results, scores)``: ``group -> target -> method -> metrics`` and
-        ``target -> model -> {"heldout": (n,), "random": (m,)}`` score samples.
     """
     ks = config.eval_ks
-    results: Results = {"cold_start": {}, "warm": {}}
+    evaluated: Results = {"cold_start": {}, "warm": {}}
+    comparison: Results = {"cold_start": {}, "warm": {}}
+    counts: dict[str, dict[str, dict[str, int]]] = {"cold_start": {}, "warm": {}}
     scores: dict[str, dict[str, dict[str, Any]]] = {}
     source = config.job.train.source
+    prod_transfers = production_transfers or {}
     for target in config.job.train.targets:
         exclude = train.loc[train["domain"] == target, ["user_id", "item_id"]]
         new = model.domains[target]
+
+        def new_model(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
+            return evaluate_heldout(new, rows, ks, exclude=exclude, transfer=model.transfers.get(target),
+                                    source=model.domains[source])
+
+        comparable_parts = []
         for group, heldout in (("cold_start", cold_test.get(target)), ("warm", warm_test.get(target))):
             if heldout is None or heldout.empty:
                 continue
-            row = evaluate_heldout(new, heldout, ks, exclude=exclude,
-                                   transfer=model.transfers.get(target), source=model.domains[source])
-            methods = {"model": row["model"], "popularity": row["popularity"]}
-            if target in production:
-                methods["production"] = evaluate_heldout(
-                    production[target], heldout, ks, exclude=exclude,
+            row = new_model(heldout)
+            evaluated[group][target] = {"model": row["model"], "popularity": row["popularity"]}
+            if target not in production:
+                comparison[group][target] = evaluated[group][target]
+                continue
+            rows, counts[group][target] = comparable_heldout(heldout, group, production[target],
+                                                             production_pairs)
+            if rows.empty:
+                recorded = ((production_metrics or {}).get(group) or {}).get(target) or {}
+                if isinstance(recorded.get("model"), Mapping):
+                    counts[group][target]["basis"] = "recorded"
+                    comparison[group][target] = {"model": row["model"], "production": dict(recorded["model"]),
+                                                 "popularity": row["popularity"]}
+                continue
+            counts[group][target]["basis"] = "rows production never trained on"
+            comparable_parts.append(rows)
+            same = len(rows) == len(heldout)
+            mine = row if same else new_model(rows)
+            comparison[group][target] = {
+                "model": mine["model"],
+                "production": evaluate_heldout(
+                    production[target], rows, ks, exclude=exclude,
                     unknown_users=config.nightly.unknown_users,
-                    transfer=(production_transfers or {}).get(target), source=production.get(source),
-                )["model"]
-            results[group][target] = methods
+                    transfer=prod_transfers.get(target), source=production.get(source),
+                )["model"],
+                "popularity": mine["popularity"],
+            }
         parts = [f for f in (cold_test.get(target), warm_test.get(target)) if f is not None]
-        heldout_all = pd.concat(parts, ignore_index=True)
-        scores[target] = {"model": score_samples(new, heldout_all)}
-        if target in production:
-            scores[target]["production"] = score_samples(production[target], heldout_all)
-    if not results["warm"]:
-        del results["warm"]
-    for group, by_target in results.items():
+        scores[target] = {"model": score_samples(new, pd.concat(parts, ignore_index=True))}
+        if target in production and comparable_parts:
+            scores[target]["production"] = score_samples(production[target],
+                                                         pd.concat(comparable_parts, ignore_index=True))
+    for results in (evaluated, comparison, counts):
+        if not results["warm"]:
+            del results["warm"]
+    for group, by_target in evaluated.items():
         for target, methods in by_target.items():
+            compared = comparison.get(group, {}).get(target, {})
+            n = counts.get(group, {}).get(target)
             log.info(
-                "%s %s: recall@50 new %.4f, production %s, popularity %.4f (%d users)",
+                "%s %s: recall@50 new %.4f, popularity %.4f (%d users, every held-out row)%s",
                 group, target, methods["model"].get("recall@50", float("nan")),
-                f"{methods['production']['recall@50']:.4f}" if "production" in methods else "-",
                 methods["popularity"].get("recall@50", float("nan")), int(methods["model"]["users"]),
+                "" if n is None else (
+                    f"; production trained on all {n['heldout_rows']} rows: its recorded evaluation "
+                    f"{compared['production'].get('recall@50', float('nan')):.4f}"
+                    if compared and n.get("basis") == "recorded" else
+                    f"; on the {n['comparable_rows']} of {n['heldout_rows']} rows production never "
+                    f"trained on ({int(compared['model']['users'])} users): new "
+                    f"{compared['model'].get('recall@50', float('nan')):.4f}, production "
+                    f"{compared['production'].get('recall@50', float('nan')):.4f}"
+                    if compared else
+                    f"; production trained on all {n['heldout_rows']} rows and records no "
+                    "evaluation: nothing to compare"
+                ),
             )
-    return results, scores
+    return Evaluation(evaluated, comparison, counts, scores)
 
 
 def work_key(data: CrossDomainData, config: NightlyConfig, warm_from: str | None) -> str:
@@ -378,7 +501,7 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
     job, opts = config.job, config.nightly
     steps = _Steps()
     started = time.perf_counter()
-    with RootLock(root, stale_after_s=opts.stale_lock_after_s) as lock:
+    with RootLock(root) as lock:
         log.info("lock %s taken (pid %d)", lock.path, lock.info.pid if lock.info else -1)
         if job.split.method != "hash":
             log.warning(
@@ -421,8 +544,14 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
             if resumed:
                 log.info("resumed from checkpoints: %s", resumed)
         with steps("evaluate"):
-            results, scores = evaluate_models(model, split.test, warm_test, train, prod_domains, config,
-                                              production_transfers(prod, prod_domains, job))
+            prod_pairs = trained_pairs(prod) if prod is not None else None
+            if prod is not None and prod_pairs is None:
+                log.info("production %s records no training pairs (made before the refit): assuming it "
+                         "never trained on tonight's held-out rows", prod.version)
+            evaluation = evaluate_models(model, split.test, warm_test, train, prod_domains, config,
+                                         production_transfers(prod, prod_domains, job), prod_pairs,
+                                         prod.manifest.get("metrics") if prod is not None else None)
+            results = evaluation.comparison
         with steps("gate"):
             decision = decide(
                 results, opts.gate, job.train.targets, has_production=bool(prod_domains), force=force
@@ -437,15 +566,30 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
         status = "forced" if decision.forced else "published" if decision.passed else "gated"
         run_id = _next_run_id(root)
         production_version = prod.version if prod else None
+        published = model
+        if decision.publish and job.refit:
+            with steps("refit"):
+                # The published model learns from every row, the held-out ones included
+                # (warm-started from the evaluated model; see pipeline.refit_model).
+                published = refit_model(data.interactions, job, model, work / "refit",
+                                        items=data.items, text_cache=root / TEXT_CACHE)
+        training = training_sets(split, data.interactions, job, model,
+                                 published if job.refit else None, evaluated_rows=train,
+                                 description=_split_description(config))
+        selection = model_selection(model, warm_from)
         summary = {
             "run_id": run_id, "status": status, "production": production_version,
             "data_fingerprint": data.fingerprint, "warm_start_from": warm_from,
             "resumed_from": model.resumed_from, "warm_rows": model.warm_rows,
-            "gate": decision.as_dict(), "results": results,
+            "gate": decision.as_dict(), "results": results, "evaluated": evaluation.evaluated,
+            "comparison_rows": evaluation.counts, "model_selection": selection,
+            "training": {k: {kk: vv for kk, vv in v.items() if kk != "epoch_losses"}
+                         for k, v in training.items()} if decision.publish else None,
         }
         with steps("report"):
-            report = _build_report(run_id, status, decision, summary, results, scores, model, prod,
-                                   config, dict(steps.timings))
+            report = _build_report(run_id, status, decision, summary, evaluation, model, prod,
+                                   config, dict(steps.timings),
+                                   published if decision.publish and job.refit else None)
             page = render_html(report)
         version = None
         if decision.publish:
@@ -456,18 +600,23 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
                     _write_json(builder.path / REPORT_METRICS, {**summary, "timings": steps.timings})
 
                 artifact = write_model_artifact(
-                    root, job, data.fingerprint, model,
-                    metrics=results,
+                    root, job, data.fingerprint, published,
+                    metrics=evaluation.evaluated,
                     extra={
                         "report": {"html": REPORT_HTML, "metrics": REPORT_METRICS},
                         "nightly": {
                             "run_id": run_id, "status": status, "production_before": production_version,
                             "warm_start_from": summary["warm_start_from"], "gate": decision.as_dict(),
                             "resumed_from": model.resumed_from, "options": to_dict(opts),
+                            "comparison": results, "comparison_rows": evaluation.counts,
+                            "model_selection": selection,
                         },
                     },
                     add_files=add_report,
                     version=run_id,
+                    evaluated=model,
+                    training=training,
+                    training_rows=data.interactions if job.refit else train,
                 )
                 if not lock.held():
                     raise RuntimeError(f"{lock.path} is no longer ours; not publishing {artifact.version}")
@@ -494,8 +643,43 @@ def _run(root: Path, data_dir: str | Path, config: NightlyConfig, force: bool) -
         )
         return NightlyResult(
             status, exit_code, run_id, version, production_version, decision, results, timings,
-            report_dir, dict(model.resumed_from),
+            report_dir, dict(model.resumed_from), evaluation.evaluated, evaluation.counts, selection,
+            training if decision.publish else {},
         )
+
+
+def _split_description(config: NightlyConfig) -> str:
+    text = split_description(config.job)
+    if config.nightly.warm_holdout:
+        text += "; and each warm target user's latest row (leave-one-out)"
+    return text
+
+
+def model_selection(model: CrossDomainModel, warm_from: str | None) -> dict[str, Any]:
+    """How tonight's weights were chosen: validation per epoch (epoch ``i + 1`` at
+    index ``i``), the chosen epoch (1-based; 0: the warm-started weights were
+    kept), and one plain sentence saying so."""
+    epochs = len(next(iter(model.epoch_losses.values()), []))
+    if not isinstance(model, SharedCrossDomainModel):
+        return {"val_scores": [], "best_epoch": epochs, "warm_score": None, "epochs_run": epochs,
+                "kept_production_weights": False,
+                "statement": f"no validation for this method: all {epochs} epoch(s) trained, the last kept"}
+    val, best, warm_score = list(model.val_scores), model.best_epoch, model.warm_score
+    kept = best == 0 and warm_score is not None
+    if kept:
+        statement = (
+            f"No epoch beat production's weights on validation ({warm_score:.4f} before training"
+            + (f", best epoch {max(val):.4f}" if val else "") + f"): production {warm_from}'s weights "
+            "were kept; items new tonight keep the rows training gave them."
+        )
+    elif not val:
+        statement = f"no validation users: all {epochs} epoch(s) trained, the last kept"
+    else:
+        statement = (f"Epoch {best} of {epochs} chosen on validation (recall@10 {val[best - 1]:.4f}"
+                     + (f"; production's weights scored {warm_score:.4f} before training"
+                        if warm_score is not None else "") + ").")
+    return {"val_scores": val, "best_epoch": best, "warm_score": warm_score, "epochs_run": epochs,
+            "kept_production_weights": kept, "statement": statement}
 
 
 def _build_report(
@@ -503,15 +687,18 @@ def _build_report(
     status: str,
     decision: GateDecision,
     summary: dict[str, Any],
-    results: Results,
-    scores: dict[str, dict[str, dict[str, Any]]],
+    evaluation: Evaluation,
     model: CrossDomainModel,
     prod: Artifact | None,
     config: NightlyConfig,
     timings: dict[str, float],
+    refit: CrossDomainModel | None = None,
 ) -> RunReport:
     prod_losses = prod.manifest.get("epoch_losses") if prod is not None else None
     resumed = {d: e for d, e in model.resumed_from.items() if e}
+    selection = summary["model_selection"]
+    training = summary.get("training") or {}
+    published = training.get("published") or {}
     facts = {
         "run": run_id,
         "outcome": {"published": f"published as {run_id}", "forced": f"published as {run_id} (--force)",
@@ -520,6 +707,17 @@ def _build_report(
         "training": (f"warm-started from {summary['warm_start_from']}" if summary["warm_start_from"]
                      else "from scratch")
         + (f"; resumed from checkpoints {resumed}" if resumed else ""),
+        "model selection": selection["statement"],
+        "evaluated model trained on": _describe(training.get("evaluated") or {},
+                                                "the split's training rows (held-out rows left out)"),
+        "published model trained on": (
+            "not published" if not training else
+            _describe(published, "") + (
+                f"; refit for {published.get('refit_epochs')} epoch(s) ({published.get('refit_budget')})"
+                if published.get("refit") else "")
+            + (f"; left out (untrained): {dropped}" if (dropped := {
+                d: n for d, n in (published.get("dropped_items") or {}).items() if n}) else "")
+        ),
         "data fingerprint": summary["data_fingerprint"],
         "device": model.device,
         "unknown users (production)": config.nightly.unknown_users,
@@ -529,16 +727,27 @@ def _build_report(
         status=status,
         headline=decision.reason,
         facts=facts,
-        results=results,
+        results=evaluation.comparison,
         ks=config.eval_ks,
         gate_checks=[c for c in decision.as_dict()["checks"]],
         epoch_losses=model.epoch_losses,
         production_losses=prod_losses if isinstance(prod_losses, dict) else None,
-        scores=scores,
+        scores=evaluation.scores,
         timings=timings,
         config={**to_dict(config.job), "nightly": to_dict(config.nightly)},
         bar_metric="recall@50" if "recall@50" in config.metric_names() else f"recall@{config.eval_ks[-1]}",
+        evaluated=evaluation.evaluated,
+        comparison_rows=evaluation.counts,
+        selection=selection,
+        refit_losses=refit.epoch_losses if refit is not None else None,
     )
+
+
+def _describe(record: dict[str, Any], fallback: str) -> str:
+    if not record:
+        return fallback or "-"
+    return (f"{record.get('rows')} rows, {record.get('users')} users "
+            f"({record.get('rows_per_domain')}); {record.get('description')}")
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -599,7 +808,7 @@ def nightly_main(
 
 
 def rollback_production(
-    artifacts_root: str | Path, to: str | None = None, stale_after_s: float | None = None
+    artifacts_root: str | Path, to: str | None = None
 ) -> tuple[str, str]:
     """Under the root's lock, point ``current`` back at the previous version (or
     ``to``) after verifying it; see ``recxfer.artifacts.rollback``.
@@ -607,7 +816,7 @@ def rollback_production(
     Returns:
         ``(from_version, to_version)``.
     """
-    with RootLock(artifacts_root, stale_after_s=stale_after_s):
+    with RootLock(artifacts_root):
         previous, target = rollback(artifacts_root, to)
     log.info("rolled back %s/%s from %s to %s", artifacts_root, CURRENT, previous, target)
     return previous, target

@@ -2,6 +2,11 @@
 
 Errors come back as ``grpc.RpcError`` with the server's status code and message;
 inside a batch, an unknown user is a ``RequestFailed`` entry.
+
+Answers are asked for in the packed layout (``packed: true``: parallel
+``item_ids``/``scores`` arrays, cheaper for both sides at large k); a server
+that predates it fills the legacy ``items`` instead, which is read then. The
+result types are the same either way.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class Similar:
 
 @dataclass(frozen=True)
 class RecommendArgs:
-    """One request of ``batch_recommend``; ``allow``/``deny`` are exclusive."""
+    """One request of ``batch_recommend``; ``allow`` and ``deny`` may both be
+    given (allowed items that are not denied)."""
 
     user_id: str
     domain: str
@@ -69,27 +75,40 @@ class ClientTls:
 
 
 def _filter(allow: Sequence[str] | None, deny: Sequence[str] | None) -> recommender_pb2.Filter | None:
-    if allow is not None and deny is not None:
-        raise ValueError("pass allow or deny, not both")
+    if allow is None and deny is None:
+        return None
+    out = recommender_pb2.Filter()
     if allow is not None:
-        return recommender_pb2.Filter(allow=recommender_pb2.ItemIdList(item_ids=list(allow)))
+        out.allow.SetInParent()  # present even when empty (the server refuses that)
+        out.allow.item_ids.extend(allow)
     if deny is not None:
-        return recommender_pb2.Filter(deny=recommender_pb2.ItemIdList(item_ids=list(deny)))
-    return None
+        out.deny.SetInParent()
+        out.deny.item_ids.extend(deny)
+    return out
 
 
-def _request(args: RecommendArgs) -> recommender_pb2.RecommendRequest:
+def _request(args: RecommendArgs, packed: bool = True) -> recommender_pb2.RecommendRequest:
     return recommender_pb2.RecommendRequest(
         user_id=args.user_id, domain=args.domain, k=args.k, exclude_seen=args.exclude_seen,
-        filter=_filter(args.allow, args.deny),
+        filter=_filter(args.allow, args.deny), packed=packed,
     )
+
+
+def _items(response: object) -> tuple[list[str], list[float]]:
+    """``(item_ids, scores)`` of a Recommend/SimilarItems response: the packed
+    arrays, else (a server that ignores ``packed``) the legacy ``items``."""
+    if len(response.item_ids) or not len(response.items):  # type: ignore[attr-defined]
+        return list(response.item_ids), list(response.scores)  # type: ignore[attr-defined]
+    items = response.items  # type: ignore[attr-defined]
+    return [item.item_id for item in items], [item.score for item in items]
 
 
 def _recommended(response: recommender_pb2.RecommendResponse) -> Recommended:
     kind = recommender_pb2.UserKind.Name(response.user_kind)
+    item_ids, scores = _items(response)
     return Recommended(
-        item_ids=[item.item_id for item in response.items],
-        scores=[item.score for item in response.items],
+        item_ids=item_ids,
+        scores=scores,
         model_version=response.model_version,
         user_kind=kind.removeprefix("USER_KIND_").lower(),
     )
@@ -108,6 +127,8 @@ class RecommenderClient:
         tls: use a TLS channel (plaintext otherwise).
         token: bearer token sent as ``authorization: Bearer <token>``.
         max_message_bytes: largest message sent or received.
+        packed: ask for the packed answer layout (default); ``False``: the legacy
+            ``items`` layout (same results).
     """
 
     def __init__(
@@ -118,7 +139,9 @@ class RecommenderClient:
         tls: ClientTls | None = None,
         token: str | None = None,
         max_message_bytes: int = 4 * 1024 * 1024,
+        packed: bool = True,
     ) -> None:
+        self._packed = packed
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -152,14 +175,16 @@ class RecommenderClient:
         deny: Sequence[str] | None = None,
     ) -> Recommended:
         """Top-``k`` items of ``domain`` for a known user."""
-        request = _request(RecommendArgs(user_id, domain, k, exclude_seen, allow, deny))
+        request = _request(RecommendArgs(user_id, domain, k, exclude_seen, allow, deny), self._packed)
         return _recommended(self._call(self._stub.Recommend, request))
 
     def batch_recommend(self, requests: Sequence[RecommendArgs]) -> list[Recommended | RequestFailed]:
         """Many users in one call; one entry per request, in order."""
         response = self._call(
             self._stub.BatchRecommend,
-            recommender_pb2.BatchRecommendRequest(requests=[_request(r) for r in requests]),
+            recommender_pb2.BatchRecommendRequest(
+                requests=[_request(r, self._packed) for r in requests]
+            ),
         )
         out: list[Recommended | RequestFailed] = []
         for result in response.results:
@@ -183,12 +208,14 @@ class RecommenderClient:
         response = self._call(
             self._stub.SimilarItems,
             recommender_pb2.SimilarItemsRequest(
-                domain=domain, item_id=item_id, k=k, filter=_filter(allow, deny)
+                domain=domain, item_id=item_id, k=k, filter=_filter(allow, deny),
+                packed=self._packed,
             ),
         )
+        item_ids, scores = _items(response)
         return Similar(
-            item_ids=[item.item_id for item in response.items],
-            scores=[item.score for item in response.items],
+            item_ids=item_ids,
+            scores=scores,
             model_version=response.model_version,
             popularity_fallback=response.popularity_fallback,
         )
@@ -209,6 +236,7 @@ class RecommenderClient:
             recommender_pb2.RecommendFromHistoryRequest(
                 source_domain=source_domain, source_item_ids=list(source_item_ids),
                 target_domain=target_domain, k=k, filter=_filter(allow, deny),
+                packed=self._packed,
             ),
         )
         return _recommended(response)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from recxfer.artifacts import Artifact, ArtifactError, load_domain, load_transfer, read_artifact
 from recxfer.index import ItemIndex, load_index, topk_among, topk_dense
 from recxfer.serve.history import HistoryEncoder
+from recxfer.serve.limits import echo
 from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, UserOrigin
 
 log = logging.getLogger(__name__)
@@ -123,13 +125,20 @@ class DomainServing:
 
     @classmethod
     def build(cls, emb: DomainEmbeddings, index: ItemIndex) -> "DomainServing":
-        return cls(
+        served = cls(
             emb=emb,
             index=index,
             user_rows=_row_map(emb.user_ids, "user_ids", emb.domain),
             item_rows=_row_map(emb.item_ids, "item_ids", emb.domain),
             popular_idx=np.argsort(-emb.item_popularity, kind="stable"),
         )
+        served.max_item_id_bytes  # computed at load, off the request path
+        return served
+
+    @cached_property
+    def max_item_id_bytes(self) -> int:
+        """UTF-8 bytes of the longest item id (bounds the size of an answer)."""
+        return max((len(i.encode()) for i in self.item_rows), default=0)
 
     def item_positions(self, item_ids: Sequence[str]) -> np.ndarray:
         """``(m,)`` int64 positions of the known ones among ``item_ids`` (unknown
@@ -270,28 +279,38 @@ class ServingModel:
     transfers: dict[str, DomainTransfer] = field(default_factory=dict)
 
     @classmethod
-    def from_artifact(cls, path: str | Path, device: str = "auto") -> "ServingModel":
+    def from_artifact(
+        cls, path: str | Path, device: str = "auto", mmap: bool = True
+    ) -> "ServingModel":
         """Verify and load an artifact, then check it can answer.
 
         A domain's stored faiss index is used when faiss is installed (on GPU
         when faiss has one, or exact torch top-k on CUDA for ``Flat`` where it
         has none, see ``recxfer.index.load_index``); else exact torch search.
 
+        Checksums are verified here, once per load, skipping the files' sha256
+        when the writers' verification record shows them unchanged
+        (``read_artifact(trust_marker=True)``); requests never re-read files.
+
         Args:
             device: ``"auto"`` or ``"cpu"``.
+            mmap: map the ``.npy`` arrays and the faiss index read-only from the
+                artifact's files (``np.memmap``, ``IO_FLAG_MMAP_IFC``) instead of
+                reading them into this process: server processes of one host then
+                share one copy in the page cache. The model never writes into them.
 
         Raises:
             ArtifactError: the artifact is missing, partial, corrupt, its index
                 disagrees with its tables, or a transfer is malformed or does not
                 fit its domains' item tables.
         """
-        artifact = read_artifact(path)
+        artifact = read_artifact(path, trust_marker=True)
         listed = artifact.manifest.get("domains")
         if not isinstance(listed, dict) or not listed:
             raise ArtifactError(f"{artifact.path}: manifest lists no servable 'domains'")
-        domains = {name: _load_domain(artifact, name, device) for name in listed}
+        domains = {name: _load_domain(artifact, name, device, mmap) for name in listed}
         model = cls(artifact.version, domains, HistoryEncoder.from_artifact(artifact),
-                    _load_transfers(artifact, domains))
+                    _load_transfers(artifact, domains, mmap))
         model.self_check(artifact.path)
         log.info("loaded artifact %s (%s)%s", artifact.version, ", ".join(domains),
                  "".join(f"; transfer {t.source} -> {t.target}" for t in model.transfers.values()),
@@ -326,7 +345,7 @@ class ServingModel:
             return self.domains[name]
         except KeyError:
             raise UnknownDomainError(
-                f"unknown domain {name!r}; known: {sorted(self.domains)}"
+                f"unknown domain {echo(name)}; known: {sorted(self.domains)}"
             ) from None
 
     def recommend_many(
@@ -365,7 +384,7 @@ class ServingModel:
                 if row < 0:
                     if not popularity_fallback:
                         out[i] = UnknownUserError(
-                            f"user {query.user_id!r} is unknown in domain {name!r}"
+                            f"user {echo(query.user_id)} is unknown in domain {name!r}"
                         )
                         continue
                     idx, scores = served.popular(query.k, denied, allowed)
@@ -439,17 +458,54 @@ class ServingModel:
         Raises:
             UnknownDomainError, UnknownItemError (unless ``popularity_fallback``).
         """
+        (result,) = self.similar_items_many(domain, [item_id], [k], [item_filter], popularity_fallback)
+        if isinstance(result, UnknownItemError):
+            raise result
+        return result
+
+    def similar_items_many(
+        self,
+        domain: str,
+        item_ids: Sequence[str],
+        ks: Sequence[int],
+        item_filters: Sequence[ItemFilter | None],
+        popularity_fallback: bool = False,
+    ) -> list[SimilarItems | UnknownItemError]:
+        """``similar_items`` of many query items of one domain (the same rules),
+        searched in one ``DomainServing.search`` (the dynamic batcher's path).
+
+        Returns:
+            One entry per query item, in order: ``SimilarItems``, or the
+            ``UnknownItemError`` of an unknown item (without ``popularity_fallback``).
+
+        Raises:
+            UnknownDomainError.
+        """
         served = self.domain(domain)
-        allowed, denied = served.filter_positions(item_filter)
-        row = served.item_positions([item_id])
-        if row.size == 0:
-            if not popularity_fallback:
-                raise UnknownItemError(f"item {item_id!r} is unknown in domain {domain!r}")
-            idx, scores = served.popular(k, denied, allowed)
-            return SimilarItems(served.emb.item_ids[idx], scores, True)
-        exclude = np.concatenate([row, denied])
-        ((idx, scores),) = served.search(served.emb.item_emb[row], [k], [exclude], [allowed])
-        return SimilarItems(served.emb.item_ids[idx], scores, False)
+        out: list[SimilarItems | UnknownItemError] = [None] * len(item_ids)  # type: ignore[list-item]
+        known, rows, search_ks, exclude, allow = [], [], [], [], []
+        for i, (item_id, k, item_filter) in enumerate(zip(item_ids, ks, item_filters)):
+            allowed, denied = served.filter_positions(item_filter)
+            row = served.item_positions([item_id])
+            if row.size == 0:
+                if not popularity_fallback:
+                    out[i] = UnknownItemError(f"item {echo(item_id)} is unknown in domain {domain!r}")
+                    continue
+                idx, scores = served.popular(k, denied, allowed)
+                out[i] = SimilarItems(served.emb.item_ids[idx], scores, True)
+                continue
+            known.append(i)
+            rows.append(int(row[0]))
+            search_ks.append(k)
+            exclude.append(np.concatenate([row, denied]))
+            allow.append(allowed)
+        if known:
+            results = served.search(
+                served.emb.item_emb[np.array(rows, dtype=np.int64)], search_ks, exclude, allow
+            )
+            for i, (idx, scores) in zip(known, results):
+                out[i] = SimilarItems(served.emb.item_ids[idx], scores, False)
+        return out
 
     def recommend_from_history(
         self,
@@ -474,6 +530,36 @@ class ServingModel:
             an inductive user encoder nor a transfer from ``source_domain`` into
             ``target_domain``; UnknownItemError when no id is known.
         """
+        (result,) = self.recommend_from_histories(
+            source_domain, [source_item_ids], target_domain, k, item_filter
+        )
+        if isinstance(result, UnknownItemError):
+            raise result
+        return result
+
+    def recommend_from_histories(
+        self,
+        source_domain: str,
+        histories: Sequence[Sequence[str]],
+        target_domain: str,
+        k: int | Sequence[int],
+        item_filter: ItemFilter | None | Sequence[ItemFilter | None] = None,
+    ) -> list[Recommendation | UnknownItemError]:
+        """``recommend_from_history`` of many histories at once (the same rules):
+        all scored in one ``transfer_search`` or one index search of the target.
+
+        Args:
+            k: one ``k`` for all histories, or one per history.
+            item_filter: one filter for all histories, or one per history (a list
+                or tuple of ``ItemFilter | None``).
+
+        Returns:
+            One entry per history, in order: a ``Recommendation``, or the
+            ``UnknownItemError`` of a history none of whose ids is known.
+
+        Raises:
+            UnknownDomainError; NoHistoryEncoderError (see ``recommend_from_history``).
+        """
         transfer = self.transfers.get(target_domain)
         if transfer is not None and transfer.source != source_domain:
             transfer = None
@@ -484,28 +570,48 @@ class ServingModel:
                 + (f" from {source_domain!r}" if target_domain in self.transfers else "")
             )
         source, target = self.domain(source_domain), self.domain(target_domain)
-        positions = source.item_positions(source_item_ids)
-        if positions.size == 0:
-            raise UnknownItemError(
-                f"none of the {len(source_item_ids)} ids is known in domain {source_domain!r}"
-            )
-        allowed, denied = target.filter_positions(item_filter)
+        out: list[Recommendation | UnknownItemError] = [None] * len(histories)  # type: ignore[list-item]
+        known: list[tuple[int, np.ndarray]] = []  # (history, its known source positions)
+        for i, item_ids in enumerate(histories):
+            positions = source.item_positions(item_ids)
+            if positions.size == 0:
+                out[i] = UnknownItemError(
+                    f"none of the {len(item_ids)} ids is known in domain {source_domain!r}"
+                )
+            else:
+                known.append((i, positions))
+        if not known:
+            return out
+        m = len(known)
+        if isinstance(k, int):
+            ks = [k] * m
+        else:
+            ks = [k[i] for i, _ in known]
+        if isinstance(item_filter, (list, tuple)):
+            positions = [target.filter_positions(item_filter[i]) for i, _ in known]
+            allow = [a for a, _ in positions]
+            deny = [d for _, d in positions]
+        else:
+            allowed, denied = target.filter_positions(item_filter)
+            allow, deny = [allowed] * m, [denied] * m
         encoded = (
             None if self.history_encoder is None
-            else self.history_encoder.encode(source.emb.item_emb[positions])[None, :]  # (1, d)
+            else np.stack([self.history_encoder.encode(source.emb.item_emb[p]) for _, p in known])  # (m, d)
         )
         if transfer is not None:
             scorer = transfer.scorer
             if scorer.embedding_weight and encoded is None:
                 scorer = replace(scorer, embedding_weight=0.0)
-            ((idx, scores),) = transfer_search(
-                scorer, [np.unique(positions)], [k], [denied], [allowed], encoded, target.emb.item_emb
+            results = transfer_search(
+                scorer, [np.unique(p) for _, p in known], ks, deny, allow,
+                encoded, target.emb.item_emb,
             )
-            return Recommendation(target.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
-        assert encoded is not None
-        query = encoded
-        ((idx, scores),) = target.search(query, [k], [denied], [allowed])
-        return Recommendation(target.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
+        else:
+            assert encoded is not None
+            results = target.search(encoded, ks, deny, allow)
+        for (i, _), (idx, scores) in zip(known, results):
+            out[i] = Recommendation(target.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
+        return out
 
     def known_items(self, domain: str, item_ids: Sequence[str]) -> np.ndarray:
         """``(m,)`` positions of the ids of ``item_ids`` known in ``domain``.
@@ -545,7 +651,7 @@ def _source_history(
 
 
 def _load_transfers(
-    artifact: Artifact, domains: dict[str, DomainServing]
+    artifact: Artifact, domains: dict[str, DomainServing], mmap: bool = False
 ) -> dict[str, DomainTransfer]:
     """The manifest's ``"transfer"`` entries (``{target: {"source": ...}}``) loaded
     and aligned to the domains' item tables; absent or empty: none.
@@ -577,7 +683,7 @@ def _load_transfers(
                 f"served: {sorted(domains)}"
             )
         transfer = load_transfer(
-            artifact, target, domains[source].emb.item_ids, domains[target].emb.item_ids
+            artifact, target, domains[source].emb.item_ids, domains[target].emb.item_ids, mmap
         )
         if transfer.source != source:
             raise ArtifactError(
@@ -623,13 +729,14 @@ def _check_transfer(
         )
 
 
-def _load_domain(artifact: Artifact, name: str, device: str) -> DomainServing:
-    emb = load_domain(artifact, name)
+def _load_domain(artifact: Artifact, name: str, device: str, mmap: bool = False) -> DomainServing:
+    emb = load_domain(artifact, name, mmap)
     meta = artifact.manifest["domains"][name].get("index") or {}
     file = meta.get("file")
     try:
         index = load_index(
-            artifact.file(file) if file else None, meta.get("factory", "Flat"), emb.item_emb, device
+            artifact.file(file) if file else None, meta.get("factory", "Flat"), emb.item_emb, device,
+            mmap,
         )
     except RuntimeError as exc:  # faiss cannot read the index
         raise ArtifactError(f"{artifact.path}: domain {name!r}: index cannot be loaded: {exc}") from exc

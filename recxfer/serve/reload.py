@@ -8,6 +8,13 @@ assignment; requests in flight finish on the model they started with. An
 artifact that fails to load is refused and logged, and the old model keeps
 serving; it is not retried until ``current`` points somewhere else.
 
+Each check also looks at the link itself (``link_state``): ``ok`` while it points
+at the served artifact's folder, else ``missing``, ``dangling`` (e.g. the folder
+was deleted) or ``elsewhere`` (e.g. at a refused artifact). A change to a bad
+state is logged as a warning (``event=artifact_link``, again every
+``LINK_WARN_EVERY_S`` while it lasts) and reported to ``on_link_state`` (the
+server's ``recxfer_artifact_link_ok`` gauge).
+
 Usage::
 
     watcher = ArtifactWatcher(root, holder, interval_s=2.0)
@@ -21,14 +28,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from recxfer.artifacts import CURRENT
 from recxfer.serve.holder import ModelHolder
+from recxfer.serve.metrics import LINK_OK
 from recxfer.serve.model import ServingModel
 
 log = logging.getLogger(__name__)
+
+LINK_WARN_EVERY_S = 300.0  # a bad link state is warned about again this often
 
 Loader = Callable[[Path], ServingModel]
 
@@ -42,6 +53,8 @@ class ArtifactWatcher:
         on_swap: called with the new model after each swap (health and metrics
             already follow swaps through the holder's listeners).
         on_refuse: called with the artifact path and the error of a refused one.
+        on_link_state: called with the link's state (``recxfer.serve.metrics.LINK_STATES``)
+            after every check, e.g. ``server.metrics.link_checked``.
         interval_s: polling period of ``start()``.
         loader: path -> verified ``ServingModel`` (``ServingModel.from_artifact``).
     """
@@ -53,6 +66,7 @@ class ArtifactWatcher:
         *,
         on_swap: Callable[[ServingModel], None] | None = None,
         on_refuse: Callable[[Path, Exception], None] | None = None,
+        on_link_state: Callable[[str], None] | None = None,
         interval_s: float = 2.0,
         loader: Loader = ServingModel.from_artifact,
     ) -> None:
@@ -63,7 +77,10 @@ class ArtifactWatcher:
         self.interval_s = interval_s
         self._on_swap = on_swap
         self._on_refuse = on_refuse
+        self._on_link_state = on_link_state
         self._loader = loader
+        self.link_state: str | None = None  # set by every check
+        self._link_warned_at = 0.0
         self._loaded: Path | None = None
         self._refused: dict[Path, str] = {}
         self._check_lock = threading.Lock()
@@ -83,44 +100,87 @@ class ArtifactWatcher:
         except (OSError, RuntimeError):  # no link yet, dangling, or a loop
             return None
 
+    def _link_state(self) -> str:
+        link = self.root / CURRENT
+        if not link.is_symlink() and not link.exists():
+            return "missing"
+        target = self._target()
+        if target is None:
+            return "dangling"
+        model = self.holder.get()
+        if target != self._loaded or model is None or model.version != target.name:
+            return "elsewhere"
+        return LINK_OK
+
+    def _note_link_state(self) -> None:
+        state = self._link_state()
+        previous, self.link_state = self.link_state, state
+        now = time.monotonic()
+        model = self.holder.get()
+        serving = model.version if model is not None else None
+        if state != LINK_OK and (state != previous or now - self._link_warned_at >= LINK_WARN_EVERY_S):
+            self._link_warned_at = now
+            link = self.root / CURRENT
+            log.warning(
+                "%s is %s (serving %s from %s)", link, {
+                    "missing": "missing", "dangling": "a dangling link",
+                    "elsewhere": f"pointing at {self._target()}, not at the served folder",
+                }.get(state, state), serving, self._loaded,
+                extra={"event": "artifact_link", "state": state, "serving": serving,
+                       "link": str(link)},
+            )
+        elif state == LINK_OK and previous not in (None, LINK_OK):
+            log.info("%s points at the served artifact %s again", self.root / CURRENT, serving,
+                     extra={"event": "artifact_link", "state": state, "serving": serving})
+        if self._on_link_state is not None:
+            self._on_link_state(state)
+
     def check_now(self) -> bool:
-        """Load and swap in the published artifact if it is new.
+        """Load and swap in the published artifact if it is new, then check the
+        link's state (``link_state``, logged and reported when not ``ok``).
 
         Returns:
             True when a new model was swapped in; False when nothing is published,
             it is already served, or it was refused (logged, old model kept).
         """
         with self._check_lock:
-            target = self._target()
-            if target is None or target == self._loaded or target in self._refused:
-                return False
-            current = self.holder.get()
-            if current is not None and current.version == target.name and self._loaded is None:
-                self._loaded = target  # served already (loaded before the watcher)
-                return False
             try:
-                model = self._loader(target)
-            except Exception as exc:  # any failure refuses the artifact, never the server
-                self._refused[target] = f"{target}: {exc}"
-                log.error(
-                    "refused artifact %s, still serving %s: %s", target.name,
-                    current.version if current else None, exc,
-                    extra={"event": "artifact_refused", "artifact": str(target),
-                           "serving": current.version if current else None},
-                )
-                if self._on_refuse is not None:
-                    self._on_refuse(target, exc)
-                return False
-            old = self.holder.swap(model)
-            self._loaded = target
-            log.info(
-                "swapped in artifact %s (was %s)", model.version, old.version if old else None,
-                extra={"event": "artifact_reloaded", "version": model.version,
-                       "previous": old.version if old else None},
+                return self._load_if_new()
+            finally:
+                self._note_link_state()
+
+    def _load_if_new(self) -> bool:
+        """``check_now``'s load-and-swap, under ``_check_lock``."""
+        target = self._target()
+        if target is None or target == self._loaded or target in self._refused:
+            return False
+        current = self.holder.get()
+        if current is not None and current.version == target.name and self._loaded is None:
+            self._loaded = target  # served already (loaded before the watcher)
+            return False
+        try:
+            model = self._loader(target)
+        except Exception as exc:  # any failure refuses the artifact, never the server
+            self._refused[target] = f"{target}: {exc}"
+            log.error(
+                "refused artifact %s, still serving %s: %s", target.name,
+                current.version if current else None, exc,
+                extra={"event": "artifact_refused", "artifact": str(target),
+                       "serving": current.version if current else None},
             )
-            if self._on_swap is not None:
-                self._on_swap(model)
-            return True
+            if self._on_refuse is not None:
+                self._on_refuse(target, exc)
+            return False
+        old = self.holder.swap(model)
+        self._loaded = target
+        log.info(
+            "swapped in artifact %s (was %s)", model.version, old.version if old else None,
+            extra={"event": "artifact_reloaded", "version": model.version,
+                   "previous": old.version if old else None},
+        )
+        if self._on_swap is not None:
+            self._on_swap(model)
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -32,6 +32,14 @@ class CrossDomainConfig:
     emcdr: EMCDRConfig = field(default_factory=EMCDRConfig)
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ValueError("source must be a non-empty domain name")
+        if not self.targets or any(not t for t in self.targets) or len(set(self.targets)) < len(self.targets):
+            raise ValueError(f"targets must be distinct non-empty domain names, got {list(self.targets)}")
+        if self.source in self.targets:
+            raise ValueError(f"targets must not include the source {self.source!r}")
+
 
 @dataclass(frozen=True)
 class CrossDomainModel:
@@ -44,6 +52,8 @@ class CrossDomainModel:
         resumed_from: domain -> MF epochs read from a checkpoint (0 when none).
         warm_rows: domain -> ``(users, items)`` rows warm-started from ``init``.
         transfers: target -> item-to-item transfer scoring its cold users (``blend``).
+        transfer_info: target -> what validation chose for its transfer (a refit
+            on more rows reuses these choices).
     """
 
     domains: dict[str, DomainEmbeddings]
@@ -52,6 +62,7 @@ class CrossDomainModel:
     resumed_from: dict[str, int] = field(default_factory=dict)
     warm_rows: dict[str, tuple[int, int]] = field(default_factory=dict)
     transfers: dict[str, DomainTransfer] = field(default_factory=dict)
+    transfer_info: dict[str, dict] = field(default_factory=dict)
 
 
 def _warm_embeddings(matrix: DomainMatrix, result: MFResult) -> DomainEmbeddings:

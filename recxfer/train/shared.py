@@ -58,7 +58,7 @@ from recxfer.train.distributed import (
     rank_and_world,
 )
 from recxfer.train.histories import MultiDomainIndex
-from recxfer.train.warm_start import SharedWarmStart, WarmStartReport, apply_warm_start
+from recxfer.train.warm_start import ID_TABLE, SharedWarmStart, WarmStartReport, apply_warm_start
 from recxfer.transfer.shared import SharedModelConfig, SharedTransferModel
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,19 @@ class SharedTrainConfig:
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast of the towers in DDP runs on CUDA (else ignored)
 
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 0), ("batch_size", 1), ("max_history", 1), ("align_batch", 1),
+                          ("patience", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("lr", "weight_decay"):  # lr 0: the weights stay as initialised
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.cold_drop <= 1.0:
+            raise ValueError(f"cold_drop must be in [0, 1], got {self.cold_drop}")
+
 
 @dataclass
 class SharedTrainResult:
@@ -97,7 +110,16 @@ class SharedTrainResult:
             every domain's batches, domains in ``index.domains`` order).
         warm: what a warm start carried over, ``None`` without one.
         warm_score: validation score of the warm-started weights before training;
-            ``best_epoch`` is ``-1`` when no epoch beat it (those weights are kept).
+            ``best_epoch`` is ``-1`` when no epoch beat it (those weights are kept,
+            except the rows of items new to the warm start: they keep the rows
+            training gave them, so no new item ships with its random row).
+        domain_losses: domain -> mean training loss per epoch over that domain's rows.
+        untrained_positions: ``(n,)`` global item positions whose rows no epoch
+            trained (new items of a warm start when no epoch ran); callers should
+            not serve them.
+
+    ``best_epoch`` is the 0-based index into ``epoch_losses``; logs and reports
+    number epochs from 1 (``best_epoch + 1``; 0 there means the warm weights).
     """
 
     model: SharedTransferModel
@@ -112,6 +134,8 @@ class SharedTrainResult:
     steps: list[list[int]] = field(default_factory=list)
     warm: WarmStartReport | None = None
     warm_score: float | None = None
+    domain_losses: dict[str, list[float]] = field(default_factory=dict)
+    untrained_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 class SharedStepLoss(nn.Module):
@@ -285,6 +309,7 @@ def train_shared(
 
     best_state, best_score, best_epoch, bad_epochs = None, -np.inf, -1, 0
     losses, val_scores, seconds, steps_run = [], [], [], []
+    domain_losses: dict[str, list[float]] = {d: [] for d in index.domains}
     modules = torch.nn.ModuleDict({"model": model, "align": align})
     start_epoch = 0
     found = checkpointer.load_latest() if checkpointer is not None and rank == 0 else None
@@ -294,6 +319,7 @@ def train_shared(
         start_epoch = found.restore(modules, optim, {"gen": gen})
         state = found.extra
         losses, val_scores, seconds = state["losses"], state["val_scores"], state["seconds"]
+        domain_losses = {d: list(state.get("domain_losses", {}).get(d, [])) for d in index.domains}
         best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         best_state = state["best_state"]
         log.info("shared: resumed from checkpoint epoch %d/%d (%s)", start_epoch, config.epochs,
@@ -321,6 +347,7 @@ def train_shared(
         if world_size > 1:
             torch.manual_seed(_rank_seed(config.seed, epoch, rank))
         total, n_rows, ran = 0.0, 0, []
+        d_total, d_rows = [0.0] * len(index.domains), [0] * len(index.domains)
         progress = min(1.0, epoch / max(1, config.epochs - 1))
         lambda_ = float(2.0 / (1.0 + np.exp(-10 * progress)) - 1.0)  # DANN schedule
         bar = tqdm(total=len(order) // world_size, desc=f"epoch {epoch}", leave=False,
@@ -352,19 +379,25 @@ def train_shared(
             optim.step()
             total += float(loss.detach()) * users.shape[0]
             n_rows += users.shape[0]
+            d_total[d_idx] += float(loss.detach()) * users.shape[0]
+            d_rows[d_idx] += users.shape[0]
             ran.append(step)
             bar.update(1)
         bar.close()
         if distributed:
-            total, n_rows = all_reduce_sum([total, n_rows], device)
+            total, n_rows, *per_domain = all_reduce_sum([total, n_rows, *d_total, *d_rows], device)
+            d_total, d_rows = per_domain[: len(d_total)], per_domain[len(d_total):]
         losses.append(total / max(1, n_rows))
+        for d_idx, d in enumerate(index.domains):
+            domain_losses[d].append(d_total[d_idx] / max(1, d_rows[d_idx]))
         seconds.append(time.perf_counter() - start_time)
         steps_run.append(ran)
         stop = False
         score = _rank0_score(validate, model, rank, distributed, device)
         if score is not None:
             val_scores.append(score)
-            log.info("epoch %d loss %.4f val %.4f (%.1fs)", epoch, losses[-1], score, seconds[-1])
+            log.info("epoch %d/%d loss %.4f val %.4f (%.1fs)", epoch + 1, config.epochs, losses[-1],
+                     score, seconds[-1])
             if score > best_score:
                 best_score, best_epoch, bad_epochs = score, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -374,12 +407,26 @@ def train_shared(
         if checkpointer is not None and rank == 0:
             checkpointer.save(epoch + 1, modules, optim, {
                 "losses": losses, "val_scores": val_scores, "seconds": seconds,
-                "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "domain_losses": domain_losses, "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "best_state": best_state, "stopped": stop,
             }, {"gen": gen})
         barrier()  # no-op in one process; elsewhere nobody runs ahead of the checkpoint
         if stop:
             break
+    untrained = np.zeros(0, np.int64)
+    if warm_report is not None and warm_report.carried_table and len(warm_report.new_positions):
+        if not losses:  # no epoch ran: the new items' rows are still random
+            untrained = warm_report.new_positions
+        elif best_state is not None and best_epoch == -1:
+            # The warm weights are restored, but new items keep what training
+            # taught them (the last epoch's rows): never their random rows.
+            best_state = dict(best_state)
+            table = best_state[ID_TABLE].clone()
+            rows = torch.as_tensor(warm_report.new_positions, device=table.device)
+            table[rows] = model.state_dict()[ID_TABLE][rows].to(table.device, table.dtype)
+            best_state[ID_TABLE] = table
+            log.info("warm weights kept; %d new item rows keep their trained values",
+                     len(warm_report.new_positions))
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
@@ -387,7 +434,8 @@ def train_shared(
     broadcast_module_state(model)  # rank 0's weights everywhere (no-op in one process)
     model.eval()
     return SharedTrainResult(model, losses, val_scores, best_epoch, seconds, device.type,
-                             start_epoch, rank, world_size, steps_run, warm_report, warm_score)
+                             start_epoch, rank, world_size, steps_run, warm_report, warm_score,
+                             domain_losses, untrained)
 
 
 def _rank0_score(

@@ -17,7 +17,7 @@ from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.cross_domain import CrossDomainModel
 from recxfer.train.histories import MultiDomainIndex, build_multi_domain_index
 from recxfer.train.shared import SharedTrainConfig, train_shared
-from recxfer.train.warm_start import SharedWarmStart, weights_of
+from recxfer.train.warm_start import ID_TABLE, SharedWarmStart, weights_of
 from recxfer.transfer.shared import SharedTransferModel
 from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
 
@@ -40,10 +40,18 @@ class SharedCrossDomainModel(CrossDomainModel):
         pooling: the user encoder's pooling (``"mean"`` or ``"attention"``).
         attention_query: ``(dim,)`` learned query for attention pooling, else ``None``.
         max_history: items per domain the encoder reads.
-        val_scores: validation score per epoch.
+        val_scores: validation score per epoch (epoch ``i + 1`` at index ``i``).
         weights: the model's weights for a later warm start (``warm_start.weights_of``);
-            its id table's rows are the items of ``domain_order``'s domains in turn.
+            its id table's rows are the items of ``domain_order``'s domains in turn
+            (exactly the exported ``domains[d].item_ids``).
         domain_order: the domains in global item-position order (source first).
+        best_epoch: the epoch whose weights were kept, numbered from 1; ``0`` when
+            no epoch beat the warm-started weights (those were kept).
+        warm_score: validation score of the warm-started weights before training
+            (``None``: no warm start or no validation).
+        total_losses: mean training loss per epoch over every domain's rows.
+        dropped_items: domain -> items left out of the export because no epoch
+            trained their rows (new items of a warm start with no epoch run).
     """
 
     pooling: str = "mean"
@@ -52,6 +60,14 @@ class SharedCrossDomainModel(CrossDomainModel):
     val_scores: list[float] = field(default_factory=list)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     domain_order: tuple[str, ...] = ()
+    best_epoch: int = 0
+    warm_score: float | None = None
+    total_losses: list[float] = field(default_factory=list)
+    dropped_items: dict[str, int] = field(default_factory=dict)
+
+    def warm_start(self) -> SharedWarmStart:
+        """This model's weights as the starting point of another run (the refit)."""
+        return SharedWarmStart(self.weights, tuple((d, self.domains[d].item_ids) for d in self.domain_order))
 
 
 def item_texts(index: MultiDomainIndex, items: pd.DataFrame) -> list[str]:
@@ -85,6 +101,11 @@ def train_shared_cross_domain(
         checkpoint_dir: per-epoch checkpoints go to ``checkpoint_dir/shared``; a run
             finding one for the same data shape and config resumes from it.
         warm: an earlier model's weights to start from (item rows matched by id).
+
+    Items new to ``warm`` whose rows no epoch trained (``config.train.epochs`` 0,
+    e.g. a refit of zero epochs) are left out of the exported tables and of
+    ``weights``, counted in ``dropped_items`` and logged: they are never served
+    with a random row, and a later run sees them as new again.
     """
     domains = (source, *targets)
     index = build_multi_domain_index(train, domains, config.train.max_history, config.train.seed)
@@ -107,9 +128,22 @@ def train_shared_cross_domain(
                           warm)
     encoder = result.model.user_encoder
     query = getattr(encoder, "query", None)
+    keep = np.ones(index.n_items_total, dtype=bool)
+    keep[result.untrained_positions] = False
+    for d in index.domains:  # a domain entirely new to the warm start is kept whole
+        if not keep[index.domain_slice(d)].any():
+            keep[index.domain_slice(d)] = True
+    dropped = {d: int((~keep[index.domain_slice(d)]).sum()) for d in index.domains}
+    if not keep.all():
+        log.warning("left out %s item(s) without a trained row (new to the warm start, no epoch run)",
+                    {d: n for d, n in dropped.items() if n})
+    weights = weights_of(result.model)
+    weights[ID_TABLE] = weights[ID_TABLE][torch.as_tensor(np.flatnonzero(keep))]
+    # 1-based; 0: the warm weights were kept (index -1), or no epoch ran
+    trained = result.best_epoch + 1
     return SharedCrossDomainModel(
-        domains=export_domains(result.model, index),
-        epoch_losses={"shared": result.epoch_losses},
+        domains=export_domains(result.model, index, keep),
+        epoch_losses=dict(result.domain_losses),
         device=result.device,
         resumed_from={"shared": result.resumed_from},
         pooling=encoder.config.pooling,
@@ -117,28 +151,44 @@ def train_shared_cross_domain(
         max_history=config.train.max_history,
         val_scores=result.val_scores,
         warm_rows={} if result.warm is None else {d: (0, n) for d, n in result.warm.item_rows.items()},
-        weights=weights_of(result.model),
+        weights=weights,
         domain_order=index.domains,
+        best_epoch=trained,
+        warm_score=result.warm_score,
+        total_losses=list(result.epoch_losses),
+        dropped_items=dropped,
     )
 
 
-def export_domains(model: SharedTransferModel, index: MultiDomainIndex) -> dict[str, DomainEmbeddings]:
+def export_domains(
+    model: SharedTransferModel, index: MultiDomainIndex, keep: np.ndarray | None = None
+) -> dict[str, DomainEmbeddings]:
     """Servable embeddings of every domain: every indexed user gets a row in every
-    domain (``warm`` with history there, ``transfer`` otherwise)."""
+    domain (``warm`` with history there, ``transfer`` otherwise).
+
+    Args:
+        keep: ``(index.n_items_total,)`` bool, the items to export (all when ``None``);
+            a left-out item is absent from its domain's tables and seen lists.
+    """
     user_emb = model.export_users(index.history)  # (U, d): all history, all domains
     out = {}
     for domain in index.domains:
         sl = index.domain_slice(domain)
         user_pos, item_pos = index.rows[domain]
+        local = item_pos - sl.start  # (nnz,)
+        n_items = sl.stop - sl.start
+        kept = np.ones(n_items, dtype=bool) if keep is None else keep[sl]  # (n_items,)
+        new_pos = np.cumsum(kept) - 1  # old local position -> exported position
+        rows = kept[local]
         warm = index.has_history(domain)
         out[domain] = DomainEmbeddings(
             domain=domain,
             user_ids=index.users.ids,
             user_emb=user_emb,
             user_origin=np.where(warm, UserOrigin.WARM.value, UserOrigin.TRANSFER.value).astype(object),
-            item_ids=index.items[domain].ids,
-            item_emb=model.export_items(sl.start, sl.stop),
-            seen=SeenItems.from_pairs(len(index.users), user_pos, item_pos - sl.start),
-            item_popularity=np.bincount(item_pos - sl.start, minlength=sl.stop - sl.start).astype(np.int64),
+            item_ids=index.items[domain].ids[kept],
+            item_emb=model.export_items(sl.start, sl.stop)[kept],
+            seen=SeenItems.from_pairs(len(index.users), user_pos[rows], new_pos[local[rows]]),
+            item_popularity=np.bincount(local, minlength=n_items).astype(np.int64)[kept],
         )
     return out

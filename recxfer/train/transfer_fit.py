@@ -4,6 +4,7 @@ servable ``DomainTransfer``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -77,3 +78,41 @@ def fit_domain_transfer(
     fitted = fit_blend(matrices, config, valid_hist, score_validator, emb_scores)
     scorer = align_scorer(fitted.scorer, src_item_ids, tgt_item_ids)
     return DomainTransfer(source, target, scorer), fitted.info
+
+
+def refit_domain_transfer(
+    train: pd.DataFrame,
+    fitted: DomainTransfer,
+    info: dict,
+    config: BlendConfig,
+    src_item_ids: np.ndarray,
+    tgt_item_ids: np.ndarray,
+) -> DomainTransfer:
+    """``fitted`` (chosen on validation by ``fit_domain_transfer``, which returned
+    ``info``) rebuilt on ``train`` (e.g. every row, validation users included) with
+    the same choices: each component's hyper-parameter from ``info`` and the
+    weights of popularity, the embedding term and every component from ``fitted``.
+    Nothing is searched (there is nothing left to validate on). A component that
+    cannot be built on the new catalogue is left out, as in the first fit.
+    """
+    chosen = info.get("components", {})
+    names = [n for n in fitted.scorer.names if n in config.components]
+    ridge, itemknn = config.ridge, config.itemknn
+    if "l2" in chosen.get("ridge", {}):
+        ridge = dataclasses.replace(ridge, l2=float(chosen["ridge"]["l2"]), l2_grid=())
+    if "shrink" in chosen.get("itemknn", {}):
+        itemknn = dataclasses.replace(itemknn, shrink=float(chosen["itemknn"]["shrink"]), shrink_grid=())
+    weight_of = dict(zip(fitted.scorer.names, fitted.scorer.weights))
+    matrices = build_matrices(train, fitted.source, fitted.target)
+    scorer = ItemToItemScorer(matrices.src_item_ids, matrices.tgt_item_ids, (), (), (),
+                              matrices.target_popularity(), fitted.scorer.pop_weight,
+                              fitted.scorer.embedding_weight)
+    if names:
+        cfg = dataclasses.replace(config, components=tuple(names), ridge=ridge, itemknn=itemknn)
+        rebuilt = fit_blend(matrices, cfg).scorer  # no validator: every component at its default
+        scorer = ItemToItemScorer(
+            rebuilt.src_item_ids, rebuilt.tgt_item_ids, rebuilt.names, rebuilt.matrices,
+            tuple(float(weight_of[n]) for n in rebuilt.names), rebuilt.popularity,
+            fitted.scorer.pop_weight, fitted.scorer.embedding_weight,
+        )
+    return DomainTransfer(fitted.source, fitted.target, align_scorer(scorer, src_item_ids, tgt_item_ids))

@@ -3,7 +3,9 @@
 A nightly run starts from production's weights rather than from random ones. The
 earlier model's item rows are keyed by ``(domain, item_id)``; tonight's index may
 add, drop or reorder items, so each row is carried over by key: an item both runs
-know keeps its learned id embedding, a new item keeps its fresh random row. Every
+know keeps its learned id embedding, a new item starts from a fresh random row
+(``train_shared`` keeps the trained rows of new items even when it restores the
+warm weights, and reports those no epoch trained so they are not served). Every
 other weight (text projection, gate, attention query, MLP head) is copied when its
 name and shape match tonight's model, and left fresh otherwise (a changed ``dim``
 or a tower turned on or off). Users have no rows of their own: the shared encoder
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +69,20 @@ class WarmStartReport:
         new_items: domain -> items only tonight's run has (fresh rows).
         copied: names of the other weights copied.
         skipped: names of earlier weights not copied (absent or of another shape).
+        new_positions: ``(n_new,)`` int64 global id-table positions of the new items
+            (every item when the id table was not carried over).
     """
 
     item_rows: dict[str, int]
     new_items: dict[str, int]
     copied: tuple[str, ...]
     skipped: tuple[str, ...]
+    new_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def carried_table(self) -> bool:
+        """Whether the id table's rows were carried over (same ``dim``)."""
+        return ID_TABLE in self.copied
 
 
 def weights_of(model: SharedTransferModel) -> dict[str, torch.Tensor]:
@@ -120,6 +130,7 @@ def apply_warm_start(
     new_items: dict[str, int] = {}
     copied: list[str] = []
     skipped: list[str] = []
+    new_pos: list[np.ndarray] = []
     if old_table.shape[1] == table.shape[1]:
         old_pos = _positions(warm.item_ids)
         with torch.no_grad():
@@ -133,11 +144,13 @@ def apply_warm_start(
                 src = torch.as_tensor(found[hit].astype(np.int64))
                 table[dst] = old_table[src].to(table.device, table.dtype)
                 item_rows[domain], new_items[domain] = int(hit.sum()), int((~hit).sum())
+                new_pos.append(start + np.nonzero(~hit)[0])
         copied.append(ID_TABLE)
     else:
         skipped.append(ID_TABLE)
         item_rows = {d: 0 for d in index.domains}
         new_items = {d: len(index.items[d]) for d in index.domains}
+        new_pos.append(np.arange(index.n_items_total))
     with torch.no_grad():
         for name, tensor in warm.state.items():
             if name == ID_TABLE:
@@ -147,7 +160,8 @@ def apply_warm_start(
                 copied.append(name)
             else:
                 skipped.append(name)
-    report = WarmStartReport(item_rows, new_items, tuple(copied), tuple(skipped))
+    positions = np.concatenate(new_pos).astype(np.int64) if new_pos else np.zeros(0, np.int64)
+    report = WarmStartReport(item_rows, new_items, tuple(copied), tuple(skipped), positions)
     log.info("warm start: item rows carried %s, new items %s; %d weights copied, skipped %s",
              report.item_rows, report.new_items, len(report.copied), list(report.skipped))
     return report

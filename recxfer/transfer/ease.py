@@ -30,6 +30,9 @@ class EASEConfig:
     def __post_init__(self) -> None:
         if self.l2 <= 0 or any(v <= 0 for v in self.l2_grid):
             raise ValueError("l2 must be > 0")
+        for name in ("top_n", "max_items"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 class CatalogueTooLargeError(ValueError):

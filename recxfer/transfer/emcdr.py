@@ -24,6 +24,15 @@ class EMCDRConfig:
     weight_decay: float = 1e-4
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name, low in (("hidden", 1), ("epochs", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
 
 class EMCDRMapping(nn.Module):
     """MLP mapping ``(B, d_src)`` source user embeddings to ``(B, d_tgt)``."""

@@ -46,6 +46,15 @@ class SourceTargetMatrices:
             raise ValueError(f"{int((rows < 0).sum())} users unknown to the matrices, e.g. {list(missing)}")
         return rows
 
+    def user_weights(self, alpha: float) -> np.ndarray:
+        """``(n_users,)`` float32 ``|s_u|^-alpha``, ``|s_u|`` the user's number of source
+        items (all ones for ``alpha = 0``; 0 for users without source rows, who link
+        nothing): inverse-user-frequency weights of the item-to-item methods."""
+        length = np.diff(self.src.indptr).astype(np.float64)  # (n_users,)
+        if alpha == 0:
+            return np.ones(len(length), np.float32)
+        return np.where(length > 0, np.maximum(length, 1.0) ** -alpha, 0.0).astype(np.float32)
+
     def target_popularity(self) -> np.ndarray:
         """``(n_tgt,)`` float32 number of users per target item."""
         return np.asarray(self.tgt.sum(axis=0), dtype=np.float32).ravel()

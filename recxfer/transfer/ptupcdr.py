@@ -28,6 +28,13 @@ class PTUPCDRConfig:
     lr: float = 2e-3
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name, low in (("hidden", 1), ("epochs", 0), ("batch_size", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+
 
 class PersonalizedBridge(nn.Module):
     """``(B, d)`` source user embeddings + ``(B, L, d)`` history -> ``(B, d)`` target."""

@@ -32,6 +32,16 @@ class SharedModelConfig:
     dropout: float = 0.0
     init_std: float = 0.05
 
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"dim must be >= 1, got {self.dim}")
+        if self.hidden is not None and self.hidden < 1:
+            raise ValueError(f"hidden must be >= 1 (or null), got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+
 
 class SharedTransferModel(nn.Module):
     """Item tower over all domains' items (id, plus text when given) and a shared

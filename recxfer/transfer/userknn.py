@@ -22,6 +22,12 @@ class UserKNNConfig:
     alpha: float = 0.5
     top_n: int = 200
 
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.top_n < 1:
+            raise ValueError(f"top_n must be >= 1, got {self.top_n}")
+
 
 def userknn_matrix(m: SourceTargetMatrices, alpha: float, top_n: int) -> sp.csr_matrix:
     """``(n_src, n_tgt)`` csr float32."""

@@ -140,6 +140,24 @@ def test_items_not_covering_interactions(tmp_path: Path, tables) -> None:
         load_data_dir(write_dir(tmp_path, inter, items[items["item_id"] != used], "csv"), DOMAINS)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet-folder"])
+def test_nul_id_and_huge_timestamp_name_file_column_and_line(tmp_path: Path, tables, fmt: str) -> None:
+    inter, items = tables
+    last = len(inter) - 1  # in the second partition of the folder: its own line numbers
+    line = (last - len(inter) // 2 if fmt == "parquet-folder" else last) + 2
+    file = "part-1.parquet" if fmt == "parquet-folder" else "interactions.csv"
+    nul = inter.copy()
+    nul.loc[last, "user_id"] = "u\x00x"
+    with pytest.raises(DataValidationError, match="control character") as exc:
+        load_data_dir(write_dir(tmp_path / "nul", nul, items, fmt), DOMAINS)
+    assert file in str(exc.value) and "'user_id'" in str(exc.value) and f"line(s) [{line}]" in str(exc.value)
+    huge = inter.assign(timestamp=np.arange(len(inter), dtype=np.float64))
+    huge.loc[last, "timestamp"] = 1e25
+    with pytest.raises(DataValidationError, match="int64 range") as exc:
+        load_data_dir(write_dir(tmp_path / "huge", huge, items, fmt), DOMAINS)
+    assert file in str(exc.value) and "'timestamp'" in str(exc.value) and f"line(s) [{line}]" in str(exc.value)
+
+
 def test_two_interactions_tables_are_ambiguous(tmp_path: Path, tables) -> None:
     inter, items = tables
     write_dir(tmp_path, inter, items, "csv")

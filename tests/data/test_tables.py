@@ -206,6 +206,74 @@ def test_fractional_timestamp_is_rejected(tmp_path: Path) -> None:
     assert_names(exc, path, "timestamp")
 
 
+@pytest.mark.parametrize("bad", ["1e25", "-1e25", "9223372036854775808", "99999999999999999999"])
+def test_timestamp_outside_int64_is_refused_not_wrapped(tmp_path: Path, bad: str) -> None:
+    path = write_text(
+        tmp_path / "i.csv",
+        f"user_id,item_id,domain,timestamp\nu1,i1,video,5\nu2,i2,video,7\nu3,i1,video,{bad}\n",
+    )
+    with pytest.raises(DataValidationError, match=r"outside the int64 range") as exc:
+        read_interactions(path)
+    assert_names(exc, path, "timestamp")
+    assert "line(s) [4]" in str(exc.value)  # header is line 1: the bad row is the file's line 4
+
+
+def test_timestamp_at_the_int64_bounds_is_kept(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path / "i.csv",
+        "user_id,item_id,domain,timestamp\nu1,i1,video,-9223372036854775808\n"
+        "u2,i1,video,9223372036854775807\n",
+    )
+    assert read_interactions(path)["timestamp"].tolist() == [-(2**63), 2**63 - 1]
+
+
+def test_timestamp_outside_int64_in_parquet(tmp_path: Path) -> None:
+    frame = INTERACTIONS.assign(timestamp=[1.0, 2.0, 1e25, 4.0, 5.0])
+    path = write(frame, tmp_path / "i.parquet")
+    with pytest.raises(DataValidationError, match=r"outside the int64 range.*line\(s\) \[4\]") as exc:
+        read_interactions(path)
+    assert_names(exc, path, "timestamp")
+
+
+@pytest.mark.parametrize("column", ["user_id", "item_id", "domain"])
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\x7f", "\x85"])
+def test_ids_with_control_characters_are_refused(tmp_path: Path, column: str, char: str) -> None:
+    frame = INTERACTIONS.copy()
+    frame.loc[1, column] = f"ab{char}cd"
+    path = write(frame, tmp_path / "i.parquet")
+    with pytest.raises(DataValidationError, match="control character") as exc:
+        read_interactions(path)
+    assert_names(exc, path, column)
+    assert "line(s) [3]" in str(exc.value)
+
+
+def test_nul_in_a_csv_id_names_file_column_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "i.csv"
+    path.write_bytes(b"user_id,item_id,domain\nu1,i1,video\nu2,i1,video\nu\x003,i2,video\n")
+    with pytest.raises(DataValidationError, match=r"column 'user_id' has 1 value\(s\) with a control") as exc:
+        read_interactions(path)
+    assert_names(exc, path, "user_id")
+    assert "line(s) [4]" in str(exc.value) and "'u\\x003'" in str(exc.value)
+
+
+def test_a_tab_inside_a_csv_id_is_refused_but_surrounding_space_is_stripped(tmp_path: Path) -> None:
+    ok = write_text(tmp_path / "ok.csv", 'user_id,item_id,domain\n" u1 ",i1,video\n')
+    assert read_interactions(ok)["user_id"].tolist() == ["u1"]
+    bad = write_text(tmp_path / "bad.csv", 'user_id,item_id,domain\nu1,i1,video\n"u\t2",i1,video\n')
+    with pytest.raises(DataValidationError, match="control character") as exc:
+        read_interactions(bad)
+    assert_names(exc, bad, "user_id")
+
+
+def test_items_ids_are_checked_too(tmp_path: Path) -> None:
+    items = ITEMS.copy()
+    items.loc[2, "item_id"] = "b\x009"
+    path = write(items, tmp_path / "items.parquet")
+    with pytest.raises(DataValidationError, match="control character") as exc:
+        read_items(path)
+    assert_names(exc, path, "item_id")
+
+
 def test_duplicate_rows_are_rejected(tmp_path: Path) -> None:
     frame = pd.concat([INTERACTIONS, INTERACTIONS.iloc[[3]]], ignore_index=True)
     path = write(frame, tmp_path / "i.csv")

@@ -31,14 +31,16 @@ RESULTS = {
     [
         lambda: plots.recall_curves(RESULTS, KS),
         lambda: plots.metric_bars(RESULTS, "recall@50"),
-        lambda: plots.loss_curves({"books": [1.0, 0.8, 0.7], "music": []}, {"books": [1.1, 0.9]}),
+        lambda: plots.loss_curves({"books": [1.0, 0.8, 0.7], "music": []}, {"books": [1.1, 0.9]},
+                                  {"books": [0.75, 0.7]}),
+        lambda: plots.validation_curve([0.2, 0.25, 0.22], best_epoch=2, warm_score=0.21),
         lambda: plots.score_histograms(
             {"books": {"model": {"heldout": np.random.default_rng(0).normal(1, 1, 200),
                                  "random": np.random.default_rng(1).normal(0, 1, 500)},
                        "production": {"heldout": np.array([np.nan, 0.5]), "random": np.array([])}}}
         ),
     ],
-    ids=["recall_curves", "metric_bars", "loss_curves", "score_histograms"],
+    ids=["recall_curves", "metric_bars", "loss_curves", "validation_curve", "score_histograms"],
 )
 def test_each_plot_is_a_png(draw) -> None:
     png = draw()
@@ -48,7 +50,8 @@ def test_each_plot_is_a_png(draw) -> None:
 @pytest.mark.parametrize(
     "draw",
     [lambda: plots.recall_curves({}, KS), lambda: plots.metric_bars({}, "recall@50"),
-     lambda: plots.loss_curves({}), lambda: plots.score_histograms({})],
+     lambda: plots.loss_curves({}), lambda: plots.score_histograms({}),
+     lambda: plots.validation_curve([], 0)],
 )
 def test_empty_inputs_still_give_a_png(draw) -> None:
     assert draw().startswith(PNG)
@@ -57,3 +60,31 @@ def test_empty_inputs_still_give_a_png(draw) -> None:
 def test_no_pyplot_global_state() -> None:
     source = Path(plots.__file__).read_text()
     assert "pyplot" not in source.replace("no pyplot", "")
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    from matplotlib.image import imread
+
+    return imread(io.BytesIO(png))
+
+
+def test_validation_curve_marks_the_chosen_epoch() -> None:
+    """Choosing another epoch (or the warm weights) changes the picture: the mark
+    is drawn where the choice is."""
+    scores = [0.2, 0.25, 0.22]
+    second = _pixels(plots.validation_curve(scores, best_epoch=2, warm_score=0.21))
+    third = _pixels(plots.validation_curve(scores, best_epoch=3, warm_score=0.21))
+    kept = _pixels(plots.validation_curve(scores, best_epoch=0, warm_score=0.3))
+    assert second.shape == third.shape and not np.array_equal(second, third)
+    assert not np.array_equal(second, kept)
+
+
+def test_loss_curves_have_one_panel_per_domain() -> None:
+    one = _pixels(plots.loss_curves({"books": [1.0, 0.9]}))
+    three = _pixels(plots.loss_curves({"books": [1.0, 0.9], "music": [1.0, 0.8], "video": [2.0, 1.5]}))
+    assert three.shape[1] > 2.5 * one.shape[1]  # panels side by side
+    # production's losses of a domain the new run lacks (an older "shared" entry) add no panel
+    legacy = _pixels(plots.loss_curves({"books": [1.0, 0.9]}, {"shared": [3.0, 2.0]}))
+    assert legacy.shape == one.shape

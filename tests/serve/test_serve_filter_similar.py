@@ -225,8 +225,8 @@ def test_client_similar_and_filters(served, domains, tools):
     with RecommenderClient(served.address) as client:
         sim = client.similar_items("books", "b04", 3, deny=["b00"])
         rec = client.recommend("alice", "books", 3, allow=["b03", "b07"])
-        with pytest.raises(ValueError, match="allow or deny"):
-            client.recommend("alice", "books", 3, allow=["b03"], deny=["b07"])
+        both = client.recommend("alice", "books", 3, False, allow=["b03", "b07"], deny=["b07"])
+    assert both.item_ids == ["b03"]  # allow minus deny
     query = books.item_emb[list(books.item_ids).index("b04")]
     assert sim.item_ids == tools.brute(books, query, 3, {"b04", "b00"})[0]
     assert not sim.popularity_fallback and sim.model_version == "v1-faiss"

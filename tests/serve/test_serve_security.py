@@ -185,7 +185,8 @@ def test_right_token_is_served_and_health_is_exempt(start_server, model):
 
 
 def test_oversized_message_is_refused(start_server, model):
-    running = start_server(ModelHolder(model), max_message_bytes=1024)
+    # A full batch at max_k must fit the limit (ServeConfig refuses it otherwise).
+    running = start_server(ModelHolder(model), max_message_bytes=1024, max_batch=4, max_k=5)
     big = pb.Filter(deny=pb.ItemIdList(item_ids=[f"item-{i:06d}" for i in range(200)]))
     with pytest.raises(grpc.RpcError) as info:
         running.stub.Recommend(

@@ -156,3 +156,68 @@ def test_epochs_must_beat_the_warm_weights(interactions) -> None:
                            lambda model: next(better), warm=warm)
     assert trained.best_epoch == 1 and trained.warm_score == 0.1
     assert not torch.equal(trained.model.state_dict()[ID_TABLE], first.model.state_dict()[ID_TABLE])
+
+
+def _with_new_item(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(yesterday, tonight): tonight adds rows of a books item yesterday lacked."""
+    books = interactions[interactions["domain"] == TARGET]
+    gone = books["item_id"].value_counts().index[0]  # a popular item: many rows to train on
+    return interactions[interactions["item_id"] != gone], interactions
+
+
+def test_kept_warm_weights_still_give_new_items_trained_rows(interactions) -> None:
+    """No epoch beats the warm weights: they are restored, but an item new tonight
+    keeps the row training gave it (the last epoch's), never its random one."""
+    yesterday, tonight = _with_new_item(interactions)
+    base = dict(model=SharedModelConfig(dim=8), batch_size=128, lr=1e-2, device="cpu", patience=1)
+    old_index = build_multi_domain_index(yesterday, (SOURCE, TARGET), max_history=10)
+    first = train_shared(old_index, SOURCE, (TARGET,), SharedTrainConfig(epochs=1, **base))
+    index = build_multi_domain_index(tonight, (SOURCE, TARGET), max_history=10)
+    new_ids = set(index.items[TARGET].ids) - set(old_index.items[TARGET].ids)
+    assert len(new_ids) == 1
+    new_id = new_ids.pop()
+    warm = _warm_from(first.model, old_index)
+
+    # The random row the new item starts from (same seed, same construction as train_shared).
+    torch.manual_seed(0)
+    fresh = SharedTransferModel(index.n_items_total, SharedModelConfig(dim=8))
+    apply_warm_start(fresh, warm, index)
+    start_row = _row(fresh, index, TARGET, new_id).clone()
+    none = train_shared(index, SOURCE, (TARGET,), SharedTrainConfig(epochs=0, **base), warm=warm)
+    torch.testing.assert_close(_row(none.model, index, TARGET, new_id), start_row, rtol=0, atol=0)
+    assert len(none.untrained_positions) == 1  # no epoch ran: flagged as untrained
+
+    scores = iter([0.9, 0.1, 0.1, 0.1])  # warm weights first: no epoch beats them
+    kept = train_shared(index, SOURCE, (TARGET,), SharedTrainConfig(epochs=3, **base),
+                        lambda model: next(scores), warm=warm)
+    assert kept.best_epoch == -1 and len(kept.epoch_losses) == 1  # patience 1: one epoch ran
+    assert len(kept.untrained_positions) == 0
+    assert not torch.allclose(_row(kept.model, index, TARGET, new_id), start_row)
+    for item_id in old_index.items[TARGET].ids[:20]:  # known items: the warm rows, exactly
+        torch.testing.assert_close(_row(kept.model, index, TARGET, item_id),
+                                   _row(first.model, old_index, TARGET, item_id), rtol=0, atol=0)
+
+
+def test_no_epoch_leaves_new_items_out_of_the_export(interactions) -> None:
+    """Zero epochs from a warm start (a refit of 0 epochs): the new item's row is
+    random, so it is left out of the tables and the weights, counted and logged."""
+    from recxfer.train.shared_domains import SharedJobConfig, train_shared_cross_domain
+
+    yesterday, tonight = _with_new_item(interactions)
+    base = dict(model=SharedModelConfig(dim=8), batch_size=128, lr=1e-2, device="cpu")
+    job = SharedJobConfig(SharedTrainConfig(epochs=1, **base), use_text=False)
+    first = train_shared_cross_domain(yesterday, SOURCE, (TARGET,), job)
+    assert first.dropped_items == {SOURCE: 0, TARGET: 0}
+    zero = SharedJobConfig(SharedTrainConfig(epochs=0, **base), use_text=False)
+    out = train_shared_cross_domain(tonight, SOURCE, (TARGET,), zero, warm=first.warm_start())
+    assert out.dropped_items == {SOURCE: 0, TARGET: 1}
+    books = out.domains[TARGET]
+    assert set(books.item_ids) == set(first.domains[TARGET].item_ids)
+    assert len(books.item_emb) == len(books.item_ids) == len(books.item_popularity)
+    assert books.seen.indices.max() < len(books.item_ids)
+    assert out.weights[ID_TABLE].shape[0] == sum(len(out.domains[d].item_ids) for d in out.domain_order)
+    out.warm_start()  # consistent: a later run can start from it
+    # One epoch instead: every item is trained and exported.
+    one = train_shared_cross_domain(tonight, SOURCE, (TARGET,), job, warm=first.warm_start())
+    assert one.dropped_items == {SOURCE: 0, TARGET: 0}
+    assert len(one.domains[TARGET].item_ids) == len(books.item_ids) + 1

@@ -115,6 +115,25 @@ def test_single_fits_choose_what_the_validator_rewards(tiny, valid_hist, fit, co
     np.testing.assert_allclose(fitted.scorer.score(valid_hist), reference, rtol=1e-6)
 
 
+@pytest.mark.parametrize("fit,config", [
+    (fit_itemknn, ItemKNNConfig(shrink=1.0, shrink_grid=(1.0,), top_n=100)),
+    (fit_ridge, RidgeConfig(l2=3.0, l2_grid=(3.0,), top_n=100)),
+])
+@pytest.mark.parametrize("planted", [0.0, 1.0])
+def test_user_alpha_is_chosen_when_rewarded(tiny, valid_hist, fit, config, planted) -> None:
+    import dataclasses
+
+    reference = fit(tiny, dataclasses.replace(config, user_alpha_grid=(planted,))).scorer.score(valid_hist)
+    fitted = fit(tiny, dataclasses.replace(config, user_alpha_grid=(0.0, 1.0)), valid_hist,
+                 cosine_to(reference))
+    assert fitted.info["user_alpha"] == planted
+    assert set(fitted.info["user_alpha_valid"]) == {"0.0", "1.0"}
+    np.testing.assert_allclose(fitted.scorer.score(valid_hist), reference, rtol=1e-6)
+    assert not np.allclose(  # the two weightings differ on this matrix
+        fit(tiny, dataclasses.replace(config, user_alpha_grid=(1.0 - planted,))).scorer.score(valid_hist),
+        reference)
+
+
 def _grid(config):
     return config.shrink_grid if isinstance(config, ItemKNNConfig) else config.l2_grid
 
@@ -227,6 +246,26 @@ def test_every_component_skipped_with_validator_is_popularity_or_a_clear_error(t
         assert "empty sequence" not in str(exc), exc
     else:
         assert fitted.scorer.names == ()
+
+
+def test_blend_user_alpha_search_never_loses_to_the_unweighted_blend(tiny, valid_hist) -> None:
+    """The blend is fit per user_alpha and the best kept: with 0 in the grid its
+    validation score is at least the unweighted blend's, and a validator that
+    rewards the weighted itemknn gets it."""
+    import dataclasses
+
+    weighted = FIT_ONE["itemknn"](tiny, dataclasses.replace(FIXED.itemknn, user_alpha_grid=(1.0,)))
+    for reference in (weighted.scorer.score(valid_hist), component_scores(tiny, valid_hist, "ridge")):
+        validator = cosine_to(reference)
+        plain = fit_blend(tiny, dataclasses.replace(FIXED, user_alpha_grid=(0.0,)), valid_hist, validator)
+        both = fit_blend(tiny, dataclasses.replace(FIXED, user_alpha_grid=(0.0, 1.0)), valid_hist, validator)
+        assert set(both.info["user_alpha_valid"]) == {"0.0", "1.0"}
+        assert both.info["valid"]["best"] >= plain.info["valid"]["best"]
+        assert both.info["valid"]["best"] == max(both.info["user_alpha_valid"].values())
+    assert both.info["user_alpha"] == 0.0  # ridge rewarded: nothing to gain from weights
+    first = fit_blend(tiny, dataclasses.replace(FIXED, user_alpha_grid=(0.0, 1.0)), valid_hist,
+                      cosine_to(weighted.scorer.score(valid_hist)))
+    assert first.info["user_alpha"] == 1.0 and first.info["weights"]["itemknn"] > 0
 
 
 def test_a_weight_grid_of_only_zeros_is_refused() -> None:

@@ -12,9 +12,10 @@ from recxfer.transfer.interactions import build_matrices
 from recxfer.transfer.itemknn import ItemKNNConfig, itemknn_matrix
 
 
-def naive_itemknn(S: np.ndarray, T: np.ndarray, shrink: float) -> np.ndarray:
+def naive_itemknn(S: np.ndarray, T: np.ndarray, shrink: float, alpha: float = 0.0) -> np.ndarray:
     """sim[i, j] = c_ij / (sqrt(n_i) sqrt(n_j) + shrink), by explicit loops; every user
-    counts in n_i / n_j, pairs that no user shares are 0."""
+    counts in n_i / n_j, pairs that no user shares are 0; c_ij sums
+    |s_u|^-alpha over the users with both."""
     n_users, n_src = S.shape
     n_tgt = T.shape[1]
     sim = np.zeros((n_src, n_tgt))
@@ -22,7 +23,7 @@ def naive_itemknn(S: np.ndarray, T: np.ndarray, shrink: float) -> np.ndarray:
         n_i = sum(S[u, i] for u in range(n_users))
         for j in range(n_tgt):
             n_j = sum(T[u, j] for u in range(n_users))
-            c = sum(S[u, i] * T[u, j] for u in range(n_users))
+            c = sum(S[u, i] * T[u, j] * S[u].sum() ** -alpha for u in range(n_users) if S[u].sum())
             if c:
                 sim[i, j] = c / (math.sqrt(n_i) * math.sqrt(n_j) + shrink)
     return sim
@@ -34,6 +35,13 @@ def test_equals_the_naive_shrunk_cosine(tiny, truth, shrink) -> None:
     assert sp.isspmatrix_csr(out) and out.dtype == np.float32
     assert out.shape == (len(truth.src_item_ids), len(truth.tgt_item_ids))
     np.testing.assert_allclose(out.toarray(), naive_itemknn(truth.S, truth.T, shrink), rtol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_user_weights_equal_the_naive_weighted_counts(tiny, truth, alpha) -> None:
+    out = itemknn_matrix(tiny, 2.0, top_n=100, user_alpha=alpha).toarray()
+    np.testing.assert_allclose(out, naive_itemknn(truth.S, truth.T, 2.0, alpha), rtol=1e-5)
+    assert not np.allclose(out, itemknn_matrix(tiny, 2.0, 100).toarray())
 
 
 def test_shrink_zero_is_plain_cosine_of_the_item_columns(tiny, truth) -> None:

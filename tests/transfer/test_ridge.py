@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from recxfer.transfer.ease import CatalogueTooLargeError
 from recxfer.transfer.interactions import build_matrices
-from recxfer.transfer.ridge import RidgeConfig, ridge_matrices
+from recxfer.transfer.ridge import RidgeConfig, RidgeSolver, ridge_matrices
 
 
 def naive_ridge(S: np.ndarray, T: np.ndarray, l2: float) -> np.ndarray:
@@ -85,7 +85,56 @@ def test_no_overlapping_user_raises(truth) -> None:
         ridge_matrices(m, (1.0,), 100, 100)
 
 
+@pytest.mark.parametrize("l2", [0.1, 1.0, 30.0])
+def test_dual_form_equals_the_naive_solve(truth, l2) -> None:
+    """Fewer overlapping users (3) than source items (4): the user-space system is
+    solved, and gives the same B as the primal solve."""
+    S, T = truth.S[:3], truth.T[:3]
+    m = build_matrices(truth.to_rows(S, T), truth.source, truth.target)
+    solver = RidgeSolver(m, max_items=100)
+    assert solver.dual
+    cols = np.flatnonzero(S.sum(axis=0) > 0)  # source items the 3 users have
+    tcols = np.flatnonzero(T.sum(axis=0) > 0)
+    expected = naive_ridge(S[:, cols], T[:, tcols], l2)
+    np.testing.assert_allclose(solver.matrix(l2, 100).toarray(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_scores_equal_history_times_the_full_matrix(tiny, truth, valid_hist) -> None:
+    solver = RidgeSolver(tiny, max_items=100)
+    assert not solver.dual  # 6 overlapping users, 4 source items
+    full = naive_ridge(truth.S, truth.T, 3.0)
+    np.testing.assert_allclose(solver.scores(valid_hist, 3.0), valid_hist.toarray() @ full,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_refuses_a_system_above_max_items_in_either_space(truth) -> None:
+    """The limit bounds min(n_overlap, n_src): 3 users x 4 items solves a 3x3 system."""
+    m = build_matrices(truth.to_rows(truth.S[:3], truth.T[:3]), truth.source, truth.target)
+    assert RidgeSolver(m, max_items=3).dual
+    with pytest.raises(CatalogueTooLargeError, match=r"ridge: 3 items.*max_items=2"):
+        RidgeSolver(m, max_items=2)
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_user_weights_equal_the_naive_weighted_solve(truth, dual) -> None:
+    """B = (S^T W S + l2 I)^-1 S^T W T, W = diag(|s_u|^-1/2), in both spaces."""
+    S, T = (truth.S[:3], truth.T[:3]) if dual else (truth.S, truth.T)
+    m = build_matrices(truth.to_rows(S, T), truth.source, truth.target)
+    solver = RidgeSolver(m, max_items=100, user_alpha=0.5)
+    assert solver.dual is dual
+    both = (S.sum(axis=1) > 0) & (T.sum(axis=1) > 0)
+    cols, tcols = np.flatnonzero(S.sum(axis=0) > 0), np.flatnonzero(T.sum(axis=0) > 0)
+    s, t = S[both][:, cols], T[both][:, tcols]
+    w = np.diag(s.sum(axis=1) ** -0.5)
+    expected = np.linalg.solve(s.T @ w @ s + 2.0 * np.eye(len(cols)), s.T @ w @ t)
+    np.testing.assert_allclose(solver.matrix(2.0, 100).toarray(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="user_alpha_grid"):
+        RidgeConfig(user_alpha_grid=())
+    with pytest.raises(ValueError, match="user_alpha_grid"):
+        RidgeConfig(user_alpha_grid=(-1.0,))
     with pytest.raises(ValueError, match="l2"):
         RidgeConfig(l2=0.0)
     with pytest.raises(ValueError, match="l2"):

@@ -1,0 +1,64 @@
+"""The blend transfer's refit on more rows (recxfer/train/transfer_fit.py): the
+choices validation made are kept, the matrices rebuilt on the new rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
+from recxfer.train.transfer_fit import fit_domain_transfer, refit_domain_transfer
+from recxfer.transfer.blend import BlendConfig
+from recxfer.transfer.itemknn import ItemKNNConfig
+from recxfer.transfer.ridge import RidgeConfig
+
+SOURCE, TARGET = "video", "books"
+CONFIG = BlendConfig(ridge=RidgeConfig(l2_grid=(10.0, 1000.0)), itemknn=ItemKNNConfig(shrink_grid=(0.0, 200.0)),
+                     weight_grid=(0.0, 1.0), pop_grid=(0.0, 0.3))
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    frame, _ = generate(SyntheticConfig(
+        n_users=300, domains=(DomainSpec(SOURCE, 60, 1.0, 8.0), DomainSpec(TARGET, 40, 0.7, 5.0)), seed=3))
+    return frame
+
+
+def _fit(rows: pd.DataFrame):
+    books = rows[rows["domain"] == TARGET]
+    valid_users = np.sort(books["user_id"].unique())[:40]
+    train = rows[~((rows["domain"] == TARGET) & rows["user_id"].isin(valid_users))]
+    held = books[books["user_id"].isin(valid_users)]
+    truth = held.groupby("user_id")["item_id"].agg(set).reindex(valid_users)
+
+    def validator(scores: np.ndarray, item_ids: np.ndarray) -> float:  # hits@5
+        top = np.argsort(-scores, axis=1)[:, :5]
+        return float(np.mean([len(set(item_ids[t]) & s) for t, s in zip(top, truth)]))
+
+    src_ids = np.sort(rows.loc[rows["domain"] == SOURCE, "item_id"].unique()).astype(object)
+    tgt_ids = np.sort(books["item_id"].unique()).astype(object)
+    transfer, info = fit_domain_transfer(train, SOURCE, TARGET, CONFIG, src_ids, tgt_ids, valid_users,
+                                         validator)
+    return train, transfer, info, src_ids, tgt_ids
+
+
+def test_refit_on_the_same_rows_reproduces_the_fit(rows) -> None:
+    train, transfer, info, src_ids, tgt_ids = _fit(rows)
+    again = refit_domain_transfer(train, transfer, info, CONFIG, src_ids, tgt_ids).scorer
+    fitted = transfer.scorer
+    assert again.names == fitted.names and again.weights == fitted.weights
+    assert (again.pop_weight, again.embedding_weight) == (fitted.pop_weight, fitted.embedding_weight)
+    for a, b in zip(again.matrices, fitted.matrices):
+        np.testing.assert_allclose(a.toarray(), b.toarray(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(again.popularity, fitted.popularity)
+
+
+def test_refit_on_every_row_keeps_the_choices_and_learns_the_rows(rows) -> None:
+    train, transfer, info, src_ids, tgt_ids = _fit(rows)
+    refit = refit_domain_transfer(rows, transfer, info, CONFIG, src_ids, tgt_ids).scorer
+    assert refit.names == transfer.scorer.names and refit.weights == transfer.scorer.weights
+    books = rows[rows["domain"] == TARGET]
+    counts = books.groupby("item_id")["user_id"].nunique().reindex(tgt_ids).fillna(0).to_numpy()
+    np.testing.assert_array_equal(refit.popularity, counts)  # the validation users' rows count now
+    assert refit.popularity.sum() > transfer.scorer.popularity.sum()
