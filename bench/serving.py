@@ -231,6 +231,8 @@ def start_server(root: Path, args: argparse.Namespace) -> tuple[subprocess.Popen
         # Admit every call the load generator keeps in flight (the default queue is 64).
         "--max-concurrent-rpcs", str(max([64] + [int(c) for c in args.concurrency.split(",")])),
     ]
+    if args.serve_config:  # e.g. {"batching": {"enabled": false}} (flags above still win)
+        command += ["--serve-config", args.serve_config]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
     match = re.search(r" on (\S+:\d+) ", line)
@@ -253,9 +255,11 @@ async def drive(address: str, mode: str, concurrency: int, duration: float,
             users = [f"u{u}" for u in rng.integers(0, args.users, size)]
             if mode == "batch":
                 return stub.BatchRecommend(pb.BatchRecommendRequest(requests=[
-                    pb.RecommendRequest(user_id=u, domain=DOMAIN, k=args.k) for u in users
+                    pb.RecommendRequest(user_id=u, domain=DOMAIN, k=args.k, packed=args.packed)
+                    for u in users
                 ]), timeout=args.call_timeout)
-            return stub.Recommend(pb.RecommendRequest(user_id=users[0], domain=DOMAIN, k=args.k),
+            return stub.Recommend(pb.RecommendRequest(user_id=users[0], domain=DOMAIN, k=args.k,
+                                                      packed=args.packed),
                                   timeout=args.call_timeout)
 
         latencies: list[float] = []
@@ -351,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="server threads per search (recxfer serve --search-threads)")
     parser.add_argument("--call-timeout", type=float, default=120.0, help="deadline per call, s")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serve-config", metavar="FILE",
+                        help="recxfer serve --serve-config FILE, e.g. "
+                             '{"batching": {"enabled": false}} to measure without dynamic batching')
+    parser.add_argument("--packed", action="store_true",
+                        help="ask for the packed answer layout (parallel item_ids/scores)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
@@ -407,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         "seen_per_user": args.seen, "batch_size": args.batch, "factory": args.factory,
         "params": args.params, "server_workers": args.workers,
         "server_search_threads": args.search_threads, "duration_s": args.duration,
+        "serve_config": json.loads(Path(args.serve_config).read_text()) if args.serve_config else None,
+        "packed": args.packed,
         "rounds_run": args.rounds, "order": "interleaved: raw, gRPC, raw, gRPC, ...",
         "device": device_info(args),
         "load_average_at_start": load_start,

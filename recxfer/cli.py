@@ -22,6 +22,8 @@ COLD_START_METHODS = ("blend", "popularity", "target_only", "itemknn", "ease", "
                       "emcdr", "ptupcdr", "shared")
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from recxfer.serve import ServeConfig
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_ERROR = 0, 2, 1
@@ -73,18 +75,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ks_arg(text: str) -> tuple[int, ...]:
+    """``--ks 5,10,20``: distinct cut-offs >= 1, sorted."""
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected cut-offs >= 1, got {text!r}")
+    return ks
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """The offline report of an artifact: tables on stdout, and JSON, CSV and the
+    nightly's HTML report (``recxfer.pipeline.offline_evaluation``)."""
     from recxfer.runtime import limit_threads
 
     limit_threads(args.threads)
-    from recxfer.eval import markdown_table, write_results
-    from recxfer.pipeline import evaluate_artifact
+    from recxfer.eval.report import (markdown_table, metric_columns, results_csv, write_json,
+                                     write_text_atomic)
+    from recxfer.pipeline import evaluation_report, offline_evaluation
 
-    results = evaluate_artifact(args.data, args.artifact)
-    print(markdown_table(results))
+    ev = offline_evaluation(args.data, args.artifact, args.ks)
+    art = ev.artifact
+    print(f"artifact {art['version']} (manifest sha256 {art['manifest_sha256'][:16]}), "
+          f"ks {', '.join(map(str, ev.ks))}")
+    for group, by_target in ev.results.items():
+        stored = sorted(t for t, b in ev.basis.get(group, {}).items() if b == "stored")
+        print(f"\n{group}" + (f" (stored metrics: {', '.join(stored)})" if stored else ""))
+        print(markdown_table(by_target, metric_columns(ev.ks)))
+    for note in ev.notes:
+        print(f"\nnote: {note}")
+    written = []
     if args.out:
-        write_results(results, args.out)
-        print(f"\nwrote {args.out}")
+        written.append(write_json(ev.to_json(), args.out))
+    if args.csv:
+        written.append(write_text_atomic(args.csv, results_csv(ev.results, art["version"], ev.basis)))
+    if args.html:
+        from recxfer.eval.html_report import render_html
+
+        written.append(write_text_atomic(args.html, render_html(evaluation_report(ev))))
+    for path in written:
+        print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -128,9 +160,14 @@ def _serve_config(args: argparse.Namespace) -> "ServeConfig":
 
 
 def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: Path | None,
-                        hint: str | None, config: "ServeConfig | None" = None) -> int:
+                        hint: str | None, config: "ServeConfig | None" = None, *,
+                        reuse_port: bool = False,
+                        on_ready: "Callable[[str, int], None] | None" = None) -> int:
     """Serve ``artifact``, or ``root/current`` with hot reload, until SIGINT/SIGTERM
-    (``config``: the serve config already read from ``args``, else read here)."""
+    (``config``: the serve config already read from ``args``, else read here).
+
+    A worker of ``serve --processes N`` shares the port (``reuse_port``) and reports
+    ``on_ready(version, port)`` instead of printing what it serves."""
     from functools import partial
 
     from recxfer.artifacts import ArtifactError
@@ -139,7 +176,7 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
     config = config if config is not None else _serve_config(args)
     holder = ModelHolder()
     try:
-        server, port = create_server(args.address, holder, config)
+        server, port = create_server(args.address, holder, config, reuse_port=reuse_port)
     except RuntimeError as exc:
         print(f"error: {exc} (is another server running there?)", file=sys.stderr)
         return EXIT_ERROR
@@ -164,6 +201,16 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
     server.start()
     if watcher is not None and args.reload_interval > 0:
         watcher.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if on_ready is not None:
+        on_ready(holder.get().version, port)
+        stop.wait()
+        if watcher is not None:
+            watcher.stop()
+        server.stop()
+        return EXIT_OK
     host = args.address.rsplit(":", 1)[0]
     scheme = "TLS" if config.tls else "plaintext"
     print(f"serving {holder.get().version} on {host}:{port} ({scheme}) (Ctrl-C stops)", flush=True)
@@ -172,9 +219,6 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
               flush=True)
     if hint:
         print(hint.format(address=f"{host}:{port}"), flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print("shutting down (draining requests in flight)", flush=True)
     if watcher is not None:
@@ -184,9 +228,139 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    if args.artifact:
-        return _serve_until_signal(args, Path(args.artifact), None, None)
-    return _serve_until_signal(args, None, Path(args.artifacts), None)
+    from recxfer.runtime import available_cores
+
+    processes = args.processes if args.processes is not None else available_cores()
+    if processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {processes}")
+    artifact = Path(args.artifact) if args.artifact else None
+    root = None if artifact is not None else Path(args.artifacts)
+    if processes == 1:
+        return _serve_until_signal(args, artifact, root, None)
+    return _serve_processes(args, artifact, root, processes)
+
+
+def _serve_processes(args: argparse.Namespace, artifact: Path | None, root: Path | None,
+                     processes: int) -> int:
+    """``serve --processes N``: N workers on one port (``recxfer.serve.processes``).
+    The parent imports neither grpc nor the model; it checks the config, the
+    artifact's presence and the address, holds the port, serves the workers'
+    aggregated ``/metrics`` and supervises them."""
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    from recxfer.serve.address import busy_addresses, reserve_port
+    from recxfer.serve.processes import Supervisor
+
+    config = _serve_config(args)
+    if artifact is not None and not (artifact / "manifest.json").is_file():
+        raise ValueError(f"{artifact}: no artifact (manifest.json) here")
+    if root is not None and not (root / "current" / "manifest.json").is_file():
+        raise ValueError(f"{root / 'current'}: no artifact published")
+    try:
+        busy = busy_addresses(args.address)
+        if busy:
+            raise RuntimeError(f"cannot bind {args.address}: {', '.join(busy)} already in use")
+        held, address = reserve_port(args.address)
+    except RuntimeError as exc:
+        print(f"error: {exc} (is another server running there?)", file=sys.stderr)
+        return EXIT_ERROR
+    metrics_http, metrics_dir, env_before = None, None, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    try:
+        if config.metrics_address is not None:
+            from recxfer.serve.metrics import MultiprocessMetricsHttp
+
+            # Workers write their metrics there (set before they import prometheus_client).
+            metrics_dir = tempfile.mkdtemp(prefix="recxfer-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            try:
+                metrics_http = MultiprocessMetricsHttp(config.metrics_address, metrics_dir)
+            except RuntimeError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_ERROR
+        host = args.address.rsplit(":", 1)[0]
+        scheme = "TLS" if config.tls else "plaintext"
+
+        def ready(infos: list[dict[str, Any]]) -> None:
+            versions = ",".join(sorted({str(i.get("version")) for i in infos}))
+            print(f"serving {versions} on {host}:{address.rsplit(':', 1)[1]} ({scheme}) in "
+                  f"{processes} processes (pids {' '.join(str(i['pid']) for i in infos)}) "
+                  "(Ctrl-C stops)", flush=True)
+            if metrics_http is not None:
+                print(f"metrics on http://{config.metrics_address.rsplit(':', 1)[0]}:"
+                      f"{metrics_http.port}/metrics", flush=True)
+
+        worker_args = argparse.Namespace(**{**vars(args), "address": address})
+        supervisor = Supervisor(
+            _serve_worker, (worker_args, artifact, root, replace(config, metrics_address=None)),
+            processes,
+            # drain + a reload in progress (the watcher waits up to 10 s) + start-up
+            stop_timeout_s=config.shutdown_delay_s + config.grace_s + 15.0,
+            on_ready=ready,
+            on_stopping=lambda: print("shutting down (draining requests in flight)", flush=True),
+            on_exit=metrics_http.worker_exited if metrics_http is not None else None,
+        )
+        return supervisor.run()
+    finally:
+        if metrics_http is not None:
+            metrics_http.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            if env_before is None:
+                os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = env_before
+        for sock in held:
+            sock.close()
+
+
+class _WorkerTag(logging.Filter):
+    """Adds ``worker`` (slot) and ``pid`` to every record of a serve worker."""
+
+    def __init__(self, slot: int) -> None:
+        super().__init__()
+        self.slot, self.pid = slot, os.getpid()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker, record.pid = self.slot, self.pid
+        return True
+
+
+def _serve_worker(link: Any, args: argparse.Namespace, artifact: Path | None, root: Path | None,
+                  config: "ServeConfig") -> None:
+    """One worker process of ``serve --processes N`` (spawned: a fresh interpreter)."""
+    link.die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
+    handler = logging.StreamHandler()
+    if args.log_format == "json":
+        from recxfer.serve.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [worker %(worker)s pid %(pid)s]: %(message)s"))
+    handler.addFilter(_WorkerTag(link.slot))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        code = _serve_until_signal(
+            args, artifact, root, None, config, reuse_port=True,
+            on_ready=lambda version, port: link.ready(version=version, port=port),
+        )
+    except Exception as exc:  # noqa: BLE001 - as _main: bad input is exit 2, the rest 1
+        if not isinstance(exc, _bad_input_types()):
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_BAD_INPUT
+    # Drained: exit now. A second SIGTERM (systemd, `timeout` and a terminal signal
+    # the whole process group) during the interpreter's teardown, once it has reset
+    # the handlers, would otherwise turn a clean exit into death by SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _query_items(item_ids: list[str], scores: list[float]) -> list[dict[str, Any]]:
@@ -480,10 +654,26 @@ def build_parser() -> argparse.ArgumentParser:
     threads_arg(p)
     p.set_defaults(func=_cmd_train)
 
-    p = command("evaluate", help="evaluate an artifact on its cold-start split")
+    p = command(
+        "evaluate", help="the offline report of an artifact: cold-start and warm users, JSON/CSV/HTML",
+        description="Scores an artifact on DATA, split as its config says (cold-start users; warm "
+                    "users for artifacts trained with the nightly's warm hold-out), with the "
+                    "nightly report's evaluation: the model and popularity, only on held-out rows "
+                    "the artifact never trained on. An artifact refit on every row of this data "
+                    "reports its stored metrics instead (said in every output). Files are written "
+                    "atomically.",
+    )
     p.add_argument("--data", required=True)
     p.add_argument("--artifact", default="artifacts/current")
-    p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--ks", type=_ks_arg, metavar="K1,K2,...",
+                   help="cut-offs (default: the artifact's own, its config's ks and the "
+                        "nightly's report_ks)")
+    p.add_argument("--out", metavar="F.json",
+                   help="write the results as JSON (artifact version and manifest sha256 included)")
+    p.add_argument("--csv", metavar="F.csv",
+                   help="write one row per domain, group, method, metric and k")
+    p.add_argument("--html", metavar="F.html",
+                   help="write the nightly's self-contained HTML report (plots embedded)")
     threads_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -545,6 +735,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", default="artifacts", metavar="ROOT",
                    help="serve ROOT/current and watch it (default: artifacts)")
     p.add_argument("--artifact", metavar="PATH", help="serve this artifact folder, no reload")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="server processes sharing --address (SO_REUSEPORT), each with its own "
+                        "--workers threads and hot reload, supervised by this one (default: the "
+                        "cores this process may run on; 1: a single process)")
     serve_args(p)
     p.set_defaults(func=_cmd_serve)
 

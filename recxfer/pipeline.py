@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from recxfer.artifacts import (
+    MANIFEST,
     Artifact,
     ArtifactBuilder,
     ArtifactError,
@@ -34,9 +35,16 @@ from recxfer.artifacts import (
     write_artifact,
 )
 from recxfer.config import from_dict, to_dict
-from recxfer.data import ColdStartSplit, CrossDomainData, cold_start_split, load_data_dir
-from recxfer.eval import DEFAULT_KS, evaluate_cold_start, evaluate_heldout
+from recxfer.data import (
+    ColdStartSplit,
+    CrossDomainData,
+    cold_start_split,
+    leave_one_out,
+    load_data_dir,
+)
+from recxfer.eval import DEFAULT_KS, evaluate_cold_start, evaluate_on_split, score_samples
 from recxfer.eval.protocol import full_ranking_metrics_scores
+from recxfer.eval.report import metric_columns, restrict_to_ks
 from recxfer.index import FaissIndex, build_index, index_recall
 from recxfer.train import CrossDomainConfig, CrossDomainModel, MFConfig, train_cross_domain
 from recxfer.train.shared import SharedTrainConfig
@@ -50,6 +58,9 @@ from recxfer.train.warm_start import SharedWarmStart, load_weights, save_weights
 from recxfer.transfer.blend import BlendConfig
 from recxfer.transfer.shared import SharedModelConfig
 from recxfer.types import DomainEmbeddings, DomainTransfer, UserOrigin
+
+if TYPE_CHECKING:
+    from recxfer.eval.html_report import RunReport
 
 log = logging.getLogger(__name__)
 
@@ -220,16 +231,21 @@ def train_model(
         return train_cross_domain(train, config.train, init=init, checkpoint_dir=checkpoint_dir)
 
     def validator(domains: dict[str, DomainEmbeddings]) -> float:
-        scores = [
-            evaluate_cold_start(domains[t], valid[t], (10,))["model"]["recall@10"]
-            for t in config.train.targets if len(valid[t])
-        ]
+        scores = []
+        for t in config.train.targets:
+            # the exported users are a seeded sample of the validation users
+            rows = valid[t][valid[t]["user_id"].isin(pd.Index(domains[t].user_ids))]
+            if len(rows):
+                scores.append(evaluate_cold_start(domains[t], rows, (10,))["model"]["recall@10"])
         return float(sum(scores) / len(scores)) if scores else 0.0
 
     has_valid = valid is not None and any(len(valid[t]) for t in config.train.targets)
+    validation_users = {t: valid[t]["user_id"].unique() for t in config.train.targets
+                        if len(valid[t])} if has_valid else None
     model = train_shared_cross_domain(
         train, config.train.source, config.train.targets, config.shared, items, text_cache,
         validator if has_valid else None, checkpoint_dir=checkpoint_dir, warm=warm,
+        validation_users=validation_users,
     )
     if config.method == "blend":
         fitted = fit_transfers(train, config, model, valid)
@@ -394,6 +410,52 @@ def untrained_rows(rows: pd.DataFrame, pairs: np.ndarray | None) -> np.ndarray:
     if pairs is None:
         return np.ones(len(rows), dtype=bool)
     return ~np.isin(pair_keys(rows), pairs, assume_unique=False)
+
+
+def hold_out_warm(
+    train: pd.DataFrame, targets: tuple[str, ...], seed: int
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Leave-one-out of the targets' training rows: one row per (user, target) with
+    at least two (the latest by timestamp when there is one) is held out. Stable:
+    the choice depends on the user's own rows only, so a row held out last night
+    stays held out tonight unless the user has a newer one (never seen by the
+    production model either way). The nightly's warm hold-out; ``recxfer evaluate``
+    rebuilds it for an artifact trained with one.
+
+    Returns:
+        ``(train, heldout)``: the remaining training rows of every domain and
+        ``target -> held-out rows``.
+    """
+    in_targets = train["domain"].isin(targets).to_numpy()
+    rest, held = leave_one_out(train[in_targets], seed, stable=True)
+    remaining = pd.concat([train[~in_targets], rest], ignore_index=True)
+    return remaining, {t: held[held["domain"] == t].reset_index(drop=True) for t in targets}
+
+
+def comparable_heldout(
+    heldout: pd.DataFrame, group: str, production: DomainEmbeddings | None, pairs: np.ndarray | None
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The held-out rows a stored model (``production``) never trained on, and what
+    was dropped.
+
+    A row whose ``(domain, user, item)`` pair is in the model's training pairs
+    (``pairs``, from its manifest; ``None``: it records none, as artifacts from
+    before the refit, which trained on the split's training rows only) is dropped.
+    In the ``cold_start`` group a user the model knows as warm in the target
+    (it trained on some of their target rows) is dropped too: it would not be
+    scored as cold-start there. Used by the nightly (production) and by
+    ``recxfer evaluate`` (the artifact evaluated).
+    """
+    keep = untrained_rows(heldout, pairs)
+    seen = int((~keep).sum())
+    warm_users_dropped = 0
+    if group == "cold_start" and production is not None:
+        is_warm = heldout["user_id"].isin(warm_users(production)).to_numpy()
+        warm_users_dropped = int(heldout.loc[is_warm & keep, "user_id"].nunique())
+        keep &= ~is_warm
+    counts = {"heldout_rows": int(len(heldout)), "comparable_rows": int(keep.sum()),
+              "rows_production_trained_on": seen, "users_warm_in_production": warm_users_dropped}
+    return heldout[keep].reset_index(drop=True), counts
 
 
 def write_model_artifact(
@@ -659,46 +721,295 @@ def load_shared_warm_start(artifact: Artifact | None) -> SharedWarmStart | None:
         return None
 
 
-def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[str, Any]:
-    """Re-evaluate a stored artifact on the split its own config names.
+EVAL_GROUPS = ("cold_start", "warm")
+_GROUP_WORDS = {"cold_start": "cold-start users", "warm": "warm users"}
 
-    An artifact refit on every row (``training.published.refit``) has trained on
-    that split's test rows: it is scored only on test users it still has no
-    target rows of and on rows it never trained on (new data). Where no such
-    rows are left (the same data), the manifest's metrics are returned, which are
-    those of the evaluated model before the refit, with a warning.
+
+@dataclass(frozen=True)
+class ArtifactEvaluation:
+    """``recxfer evaluate``'s offline report of one artifact on a data folder.
+
+    Attributes:
+        artifact: what was evaluated: ``version``, ``path``, ``created_at``,
+            ``format``, ``manifest_sha256`` (of its ``manifest.json``), ``method``,
+            ``refit``, ``data_fingerprint``.
+        data: ``dir``, ``fingerprint`` and ``same_as_artifact``.
+        split: one line naming the split (the artifact's config; the warm
+            hold-out when the artifact was trained with one).
+        ks: the cut-offs reported.
+        results: ``group -> target -> {"model", "popularity"} -> metric -> value``;
+            groups ``cold_start`` and ``warm`` (each only where there is something
+            to report).
+        basis: ``group -> target -> "evaluated"`` (scored on this data) or
+            ``"stored"`` (the manifest's metrics: the artifact trained on every
+            held-out row, see ``offline_evaluation``).
+        rows: ``group -> target -> counts`` (``heldout_rows``, ``comparable_rows``:
+            rows scored, ``rows_production_trained_on``: rows the artifact trained
+            on, ``users_warm_in_production``: cold-start users it knows as warm;
+            the keys of ``comparable_heldout``) and ``basis``.
+        notes: plain sentences for the reader (stored metrics, groups not
+            evaluated, cut-offs missing from stored metrics, data differences).
+        scores: ``target -> {"model": score_samples}`` of the rows scored.
+        epoch_losses, refit_losses, selection, training, config: from the manifest,
+            for the report (the evaluated run's losses, the refit's, the nightly's
+            model selection, the ``training`` entry, the job config).
+        timings: step -> seconds.
     """
+
+    artifact: dict[str, Any]
+    data: dict[str, Any]
+    split: str
+    ks: tuple[int, ...]
+    results: dict[str, dict[str, dict[str, dict[str, float]]]]
+    basis: dict[str, dict[str, str]]
+    rows: dict[str, dict[str, dict[str, Any]]]
+    notes: list[str]
+    scores: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    epoch_losses: dict[str, list[float]] = field(default_factory=dict)
+    refit_losses: dict[str, list[float]] | None = None
+    selection: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stored_only(self) -> bool:
+        """Every figure comes from the manifest's stored metrics."""
+        return bool(self.basis) and all(b == "stored" for g in self.basis.values() for b in g.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON ``recxfer evaluate --out`` writes."""
+        return {"artifact": self.artifact, "data": self.data, "split": self.split, "ks": list(self.ks),
+                "results": self.results, "basis": self.basis, "rows": self.rows, "notes": self.notes,
+                "stored_metrics_only": self.stored_only, "timings": self.timings}
+
+
+def artifact_eval_ks(manifest: Mapping[str, Any]) -> tuple[int, ...]:
+    """The cut-offs the artifact's own run evaluated: its config's ``ks`` and, for a
+    nightly artifact, the report's ``report_ks`` (the nightly's ``eval_ks``)."""
+    ks = set((manifest.get("config") or {}).get("ks") or DEFAULT_KS)
+    options = (manifest.get("nightly") or {}).get("options") or {}
+    ks |= set(options.get("report_ks") or ())
+    return tuple(sorted(int(k) for k in ks))
+
+
+def artifact_identity(artifact: Artifact) -> dict[str, Any]:
+    """Which artifact a report is about: version, resolved path, creation time,
+    format, the sha256 of its ``manifest.json`` (which checksums every file),
+    method, whether it was refit on every row, and its data fingerprint."""
+    manifest = artifact.manifest
+    published = (manifest.get("training") or {}).get("published") or {}
+    return {
+        "version": artifact.version,
+        "path": str(Path(artifact.path).resolve()),
+        "created_at": manifest.get("created_at"),
+        "format": manifest.get("format"),
+        "manifest_sha256": hashlib.sha256((Path(artifact.path) / MANIFEST).read_bytes()).hexdigest(),
+        "method": (manifest.get("config") or {}).get("method"),
+        "refit": bool(published.get("refit")),
+        "data_fingerprint": manifest.get("data_fingerprint"),
+    }
+
+
+def offline_evaluation(
+    data_dir: str | Path, artifact_path: str | Path, ks: tuple[int, ...] | None = None
+) -> ArtifactEvaluation:
+    """Evaluate a stored artifact on ``data_dir``, split as its own config says:
+    cold-start users and, for an artifact trained with the nightly's warm
+    hold-out, warm users (each warm target user's latest row held out).
+
+    The same evaluation as the nightly report (``evaluate_on_split``): every
+    user's training rows of the split are excluded, popularity counts the split's
+    training rows, cold users are scored as served (the artifact's transfer),
+    users the artifact does not know by its popularity (as a service falling back
+    to it). Only held-out rows the artifact never trained on are scored
+    (``comparable_heldout`` with its recorded training pairs; in the cold-start
+    group, users it knows as warm are left out too). Where none are left, e.g. an
+    artifact refit on every row of this same data, the manifest's metrics are
+    reported (the evaluated model's, before the refit), with a warning, and
+    ``basis`` says ``"stored"``.
+
+    Args:
+        ks: cut-offs (``None``: the artifact's own, ``artifact_eval_ks``).
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
     artifact = read_artifact(artifact_path)
-    config = from_dict(JobConfig, artifact.manifest["config"], where="manifest.config")
+    manifest = artifact.manifest
+    config = from_dict(JobConfig, manifest["config"], where="manifest.config")
+    ks = tuple(sorted(set(ks))) if ks else artifact_eval_ks(manifest)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--ks: cut-offs must be >= 1, got {list(ks)}")
+    identity = artifact_identity(artifact)
     data = load_job_data(data_dir, config)
-    if data.fingerprint != artifact.manifest["data_fingerprint"]:
+    same_data = data.fingerprint == manifest.get("data_fingerprint")
+    notes: list[str] = []
+    if not same_data:
         log.warning("data in %s differs from the data the artifact was trained on", data_dir)
+        notes.append(f"The data in {data_dir} differs from the data artifact {artifact.version} was "
+                     "trained on (fingerprints differ): only held-out rows it never trained on are scored.")
+    timings["load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     split = split_data(data, config)
+    options = (manifest.get("nightly") or {}).get("options") or {}
+    warm_holdout = bool(options.get("warm_holdout"))
+    train, warm_test = split.train, {}
+    description = split_description(config)
+    if warm_holdout:
+        train, warm_test = hold_out_warm(split.train, config.train.targets, config.split.seed)
+        description += "; and each warm target user's latest row (leave-one-out)"
+    timings["split"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    refit = identity["refit"]
+    pairs = trained_pairs(artifact)
+    stored = manifest.get("metrics") or {}
     source = load_domain(artifact, config.train.source)
-    refit = bool(((artifact.manifest.get("training") or {}).get("published") or {}).get("refit"))
-    pairs = trained_pairs(artifact) if refit else None
-    stored = (artifact.manifest.get("metrics") or {}).get("cold_start") or {}
-    out = {}
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {g: {} for g in EVAL_GROUPS}
+    basis: dict[str, dict[str, str]] = {g: {} for g in EVAL_GROUPS}
+    rows_of: dict[str, dict[str, dict[str, Any]]] = {g: {} for g in EVAL_GROUPS}
+    scores: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    missing_ks: set[int] = set()
     for target in config.train.targets:
         emb = load_domain(artifact, target)
         transfer = artifact_transfer(artifact, target, source, emb)
-        if not refit:
-            out[target] = evaluate_cold_start(emb, split.test[target], config.ks, transfer, source)
-            continue
-        test = split.test[target]
-        test = test[untrained_rows(test, pairs) & ~test["user_id"].isin(warm_users(emb))]
-        if test.empty:
-            log.warning(
-                "%s: artifact %s was refit on every row of this data, its %s test rows included; "
-                "reporting the manifest's metrics (the evaluated model's, before the refit)",
-                target, artifact.version, target,
-            )
-            out[target] = stored.get(target, {})
-            continue
-        row = evaluate_heldout(emb, test, config.ks, unknown_users="popularity", transfer=transfer,
-                               source=source)
-        out[target] = {"model": row["model"], "popularity": row["popularity"]}
-    return out
+        scored = []
+        for group, heldout in (("cold_start", split.test[target]), ("warm", warm_test.get(target))):
+            if heldout is None or heldout.empty:
+                continue
+            rows, counts = comparable_heldout(heldout, group, emb, pairs)
+            if refit and pairs is None:  # a refit that records no pairs trained on them all
+                rows, counts["comparable_rows"] = rows.iloc[:0], 0
+                counts["rows_production_trained_on"] = counts["heldout_rows"]
+            if rows.empty:
+                log.warning(
+                    "%s: artifact %s %s, its %s %s test rows included; reporting the manifest's "
+                    "metrics (the evaluated model's%s)", target, artifact.version,
+                    "was refit on every row of this data" if refit else "trained on every held-out row",
+                    target, group, ", before the refit" if refit else "",
+                )
+                recorded = (stored.get(group) or {}).get(target) or {}
+                if not isinstance(recorded.get("model"), Mapping):
+                    notes.append(f"{target}, {_GROUP_WORDS[group]}: the artifact trained on "
+                                 "every held-out row and its manifest records no metrics: not reported.")
+                    continue
+                results[group][target] = {m: restrict_to_ks(v, ks) for m, v in recorded.items()
+                                          if m in ("model", "popularity") and isinstance(v, Mapping)}
+                have = {int(k.split("@")[1]) for k in recorded["model"] if "@" in k}
+                missing_ks |= set(ks) - have
+                basis[group][target] = counts["basis"] = "stored"
+                rows_of[group][target] = counts
+                continue
+            row = evaluate_on_split(emb, rows, ks, train, transfer=transfer, source=source,
+                                    unknown_users="popularity")
+            results[group][target] = {"model": row["model"], "popularity": row["popularity"]}
+            basis[group][target] = counts["basis"] = "evaluated"
+            rows_of[group][target] = counts
+            scored.append(rows)
+        if scored:
+            scores[target] = {"model": score_samples(emb, pd.concat(scored, ignore_index=True))}
+    timings["evaluate"] = time.perf_counter() - start
+    stored_groups = sorted({g for g, by in basis.items() for b in by.values() if b == "stored"})
+    if stored_groups:
+        notes.append(
+            f"Artifact {artifact.version} "
+            + ("was refit on every row of this data" if refit else "trained on every held-out row")
+            + ", the held-out rows included, so they cannot score it: the figures of "
+            + ", ".join(f"{_GROUP_WORDS[g]} ({', '.join(t for t, b in basis[g].items() if b == 'stored')})"
+                        for g in stored_groups)
+            + " are its stored metrics (the manifest's: the evaluated model, trained on the split's "
+            "training rows, before the refit), not recomputed here."
+            + (" Score distributions are drawn only for rows scored here (the stored embeddings "
+               "are the refit's)." if scores else " No score distributions: the stored embeddings "
+               "are the refit's, trained on these rows.")
+        )
+    if missing_ks:
+        notes.append(f"The stored metrics have no cut-off {sorted(missing_ks)} (the artifact's run "
+                     f"evaluated {list(artifact_eval_ks(manifest))}): those points are missing.")
+    if not warm_holdout and "warm" not in {g for g, by in results.items() if by}:
+        notes.append("Warm users: not evaluated. This artifact was trained without a warm hold-out "
+                     "(recxfer train holds out cold-start users only), so it trained on every warm "
+                     "user's rows; nightly artifacts hold out each warm target user's latest row.")
+    for table in (results, basis, rows_of):
+        for group in [g for g, by in table.items() if not by]:
+            del table[group]
+    training = manifest.get("training") or {}
+    published = training.get("published") or {}
+    return ArtifactEvaluation(
+        artifact=identity,
+        data={"dir": str(data_dir), "fingerprint": data.fingerprint, "same_as_artifact": same_data},
+        split=description, ks=ks, results=results, basis=basis, rows=rows_of, notes=notes,
+        scores=scores, epoch_losses=dict(manifest.get("epoch_losses") or {}),
+        refit_losses=published.get("epoch_losses") if published.get("refit") else None,
+        selection=dict((manifest.get("nightly") or {}).get("model_selection") or {}),
+        training={k: {kk: vv for kk, vv in v.items() if kk != "epoch_losses"}
+                  for k, v in training.items() if isinstance(v, Mapping)},
+        config={**manifest.get("config", {}), **({"nightly": options} if options else {})},
+        timings=timings,
+    )
+
+
+def evaluate_artifact(data_dir: str | Path, artifact_path: str | Path) -> dict[str, Any]:
+    """The cold-start figures of ``offline_evaluation``: ``target -> {"model",
+    "popularity"} -> metrics`` (stored ones for a refit artifact on its own data)."""
+    return offline_evaluation(data_dir, artifact_path).results.get("cold_start", {})
+
+
+def _describe_training(record: Mapping[str, Any]) -> str:
+    if not record:
+        return "-"
+    return (f"{record.get('rows')} rows, {record.get('users')} users "
+            f"({record.get('rows_per_domain')}); {record.get('description')}")
+
+
+def evaluation_report(ev: ArtifactEvaluation) -> "RunReport":
+    """``ev`` as the nightly's HTML report (``render_html``): the same tables and the
+    same figures from the same inputs (recall@k curves, per-domain bars, losses,
+    score distributions, model selection), without a gate."""
+    from recxfer.eval.html_report import RunReport, default_bar_metric  # matplotlib: only here
+
+    art = ev.artifact
+    stored = ev.stored_only
+    published = ev.training.get("published") or {}
+    facts = {
+        "artifact": f"{art['version']} ({art['path']})",
+        "manifest sha256": art["manifest_sha256"],
+        "created": art.get("created_at") or "-",
+        "method": art.get("method") or "-",
+        "data": f"{ev.data['dir']} (fingerprint {ev.data['fingerprint'][:16]}; "
+                + ("the artifact's data)" if ev.data["same_as_artifact"] else "differs from the artifact's)"),
+        "split": ev.split,
+        "figures": ("the artifact's stored metrics (not recomputed)" if stored else
+                    "recomputed from the artifact on this data"
+                    + (" (some stored, see the note)" if any(b == "stored" for g in ev.basis.values()
+                                                             for b in g.values()) else "")),
+        "evaluated model trained on": _describe_training(ev.training.get("evaluated") or {}),
+        "published model trained on": _describe_training(published)
+        + (f"; refit for {published.get('refit_epochs')} epoch(s)" if published.get("refit") else ""),
+        "cut-offs": ", ".join(str(k) for k in ev.ks),
+    }
+    return RunReport(
+        title=f"recxfer evaluate {art['version']}",
+        status="stored metrics" if stored else "evaluated",
+        headline=(f"Artifact {art['version']}'s stored metrics: it was refit on every row of this data."
+                  if stored else f"Artifact {art['version']} scored on {ev.data['dir']}."),
+        facts=facts,
+        results=ev.results,
+        ks=ev.ks,
+        epoch_losses=ev.epoch_losses,
+        scores=ev.scores,
+        timings=ev.timings,
+        config=ev.config,
+        bar_metric=default_bar_metric(ev.ks),
+        comparison_rows=ev.rows,
+        selection=ev.selection,
+        refit_losses=ev.refit_losses,
+        notes=tuple(ev.notes),
+        show_gate=False,
+        table_metrics=metric_columns(ev.ks),
+        subject="the artifact",
+    )
 
 
 def warm_users(emb: DomainEmbeddings) -> np.ndarray:

@@ -28,7 +28,12 @@ class IdMap:
 
     @classmethod
     def from_values(cls, values: Iterable[str]) -> "IdMap":
-        """Map of the sorted distinct ``values`` (deterministic order)."""
+        """Map of the sorted distinct ``values`` (deterministic order).
+
+        A pandas column is deduplicated in its own (e.g. Arrow string) storage first,
+        so only the distinct ids become Python objects."""
+        if isinstance(values, (pd.Series, pd.Index)):
+            return cls(np.sort(_as_array(pd.unique(values))))
         return cls(np.sort(pd.unique(_as_array(values))))
 
     def __len__(self) -> int:
@@ -44,7 +49,18 @@ class IdMap:
 
     def lookup(self, ids: Iterable[str]) -> np.ndarray:
         """Row positions of ``ids``: ``(m,)`` int64, ``-1`` for unknown ids."""
-        return self._index.get_indexer(_as_array(ids)).astype(np.int64)
+        return self._positions(ids)[0]
+
+    def _positions(self, ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(positions, values)``: a pandas column is factorised once (integer codes
+        in its own storage) and only its distinct values are looked up; ``values``
+        is the object array of other inputs (``None`` for a column)."""
+        if isinstance(ids, (pd.Series, pd.Index)) and len(ids):
+            codes, uniques = pd.factorize(ids)
+            pos = self._index.get_indexer(_as_array(uniques)).astype(np.int64)
+            return np.where(codes >= 0, pos[codes], -1), None
+        values = _as_array(ids)
+        return self._index.get_indexer(values).astype(np.int64), values
 
     def to_idx(self, ids: Iterable[str]) -> np.ndarray:
         """Row positions of ``ids``: ``(m,)`` int64.
@@ -52,9 +68,9 @@ class IdMap:
         Raises:
             KeyError: an id is unknown (the message names the first).
         """
-        values = _as_array(ids)
-        idx = self._index.get_indexer(values).astype(np.int64)
+        idx, values = self._positions(ids)
         if (idx < 0).any():
+            values = _as_array(ids) if values is None else values
             raise KeyError(f"{int((idx < 0).sum())} unknown id(s), first {values[idx < 0][0]!r}")
         return idx
 

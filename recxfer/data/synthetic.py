@@ -76,6 +76,11 @@ class SyntheticConfig:
             DomainSpec("music", 300, 0.5, 7.0),
         )
     )
+    # Large data: draw each user's items from the same P(i | u) without the dense
+    # (users x items) matrix (a mixture over topics, repeats rejected in draw order),
+    # titles vectorised. A different stream of random numbers than the dense draw.
+    sparse: bool = False
+    unique_titles: bool = False  # append the item number to every title (no repeats)
 
 
 def generate(config: SyntheticConfig = SyntheticConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -96,14 +101,24 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> tuple[pd.DataFrame,
         topic = rng.integers(0, config.n_topics, size=spec.n_items)  # (I,)
         popularity = rng.lognormal(0.0, 1.0, size=spec.n_items)  # (I,)
         item_ids = np.array([f"{spec.name[0]}{i:05d}" for i in range(spec.n_items)], dtype=object)
-        items.append(
-            pd.DataFrame(
-                {"item_id": item_ids, "domain": spec.name, "title": _titles(rng, topic, spec.name)}
-            )
-        )
+        titles = _titles_vectorised(rng, topic, spec.name) if config.sparse \
+            else _titles(rng, topic, spec.name)
+        if config.unique_titles:
+            titles = [f"{t} {i}" for i, t in enumerate(titles)]
+        items.append(pd.DataFrame({"item_id": item_ids, "domain": spec.name, "title": titles}))
         present = np.flatnonzero(rng.random(config.n_users) < spec.user_share)
         counts = np.clip(rng.poisson(spec.mean_interactions, size=len(present)), 2, spec.n_items)
         weight = popularity**config.pop_power  # (I,)
+        if config.sparse:
+            user_rows, chosen, rank = _sparse_draws(rng, theta[present], topic, weight, counts,
+                                                    config.noise)
+            rows.append(pd.DataFrame({
+                "user_id": user_ids[present[user_rows]],
+                "item_id": item_ids[chosen],
+                "domain": spec.name,
+                "timestamp": 1_700_000_000 + rank * 3600 + rng.integers(0, 3600, size=len(rank)),
+            }))
+            continue
         affinity = theta[present][:, topic] + config.noise  # (U_d, I)
         probs = affinity * weight
         probs /= probs.sum(axis=1, keepdims=True)
@@ -123,6 +138,77 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> tuple[pd.DataFrame,
             )
         )
     return pd.concat(rows, ignore_index=True), pd.concat(items, ignore_index=True)
+
+
+def _sparse_draws(
+    rng: np.random.Generator,
+    theta: np.ndarray,
+    topic: np.ndarray,
+    weight: np.ndarray,
+    counts: np.ndarray,
+    noise: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's ``counts[u]`` distinct items drawn from ``P(i | u) ∝ weight_i *
+    (theta[u, topic_i] + noise)`` in memory linear in the draws.
+
+    ``P`` is a mixture: topic ``t`` with weight ``theta[u, t] * W_t`` (``W_t`` the
+    total weight of its items), or with weight ``noise * W`` any item, then an item
+    of the component in proportion to ``weight``. Draws with replacement, keeping
+    each item's first draw in order, are a draw without replacement (the same
+    law as the Gumbel top-k of the dense path); a user whose oversampled draws hold
+    fewer distinct items than asked keeps those.
+
+    Returns:
+        ``(user_row, item, rank)``, each ``(n_rows,)``: rank is the draw order.
+    """
+    n_topics = theta.shape[1]
+    topic_weight = np.bincount(topic, weights=weight, minlength=n_topics)  # (T,)
+    comp = np.concatenate([theta * topic_weight, np.full((len(theta), 1), noise * weight.sum())],
+                          axis=1)  # (U, T + 1)
+    comp_cdf = np.cumsum(comp, axis=1)
+    comp_cdf /= comp_cdf[:, -1:]
+    by_topic = np.argsort(topic, kind="stable")  # items grouped by topic
+    starts = np.concatenate([[0], np.cumsum(np.bincount(topic, minlength=n_topics))])
+    within_cdf = np.cumsum(weight[by_topic])  # per topic block, made relative below
+    block_lo = np.concatenate([[0.0], within_cdf])[starts[:-1]]  # (T,)
+    all_cdf = np.cumsum(weight) / weight.sum()
+    extra = np.ceil(counts * 1.5 + 8).astype(np.int64)  # draws per user (oversampled)
+    owner = np.repeat(np.arange(len(theta)), extra)  # (n_draws,)
+    # component of each draw: one searchsorted in the users' CDFs laid end to end
+    # (user u's CDF shifted to [u, u + 1]), no (draws x components) array
+    flat = (comp_cdf + np.arange(len(theta))[:, None]).ravel()  # (U * (T + 1),)
+    found = np.searchsorted(flat, owner + rng.random(len(owner)), side="left")
+    c = np.minimum(found - owner * (n_topics + 1), n_topics)
+    u = rng.random(len(owner))
+    item = np.empty(len(owner), dtype=np.int64)
+    any_item = c == n_topics
+    item[any_item] = np.minimum(np.searchsorted(all_cdf, u[any_item], side="right"), len(weight) - 1)
+    t = c[~any_item]
+    target = block_lo[t] + u[~any_item] * (within_cdf[starts[t + 1] - 1] - block_lo[t])
+    pos = np.searchsorted(within_cdf, target, side="right")
+    item[~any_item] = by_topic[np.clip(pos, starts[t], starts[t + 1] - 1)]
+    # keep each (user, item)'s first draw, in draw order, up to counts[user]
+    key = owner * len(weight) + item
+    order = np.lexsort((np.arange(len(key)), key))
+    first = np.ones(len(key), dtype=bool)
+    first[order[1:]] = key[order[1:]] != key[order[:-1]]
+    owner, item = owner[first], item[first]
+    starts_u = np.searchsorted(owner, np.arange(len(theta)))
+    rank = np.arange(len(owner)) - starts_u[owner]
+    keep = rank < counts[owner]
+    return owner[keep], item[keep], rank[keep]
+
+
+def _titles_vectorised(rng: np.random.Generator, topic: np.ndarray, domain: str) -> list[str]:
+    """Titles as ``_titles`` makes them (two distinct words of the item's topic and a
+    domain noun), drawn for all items at once."""
+    nouns = np.asarray(DOMAIN_WORDS.get(domain, ("Item",)), dtype=object)
+    words = np.asarray(TOPIC_WORDS, dtype=object)  # (topics, 8)
+    first = rng.integers(0, words.shape[1], size=len(topic))
+    second = (first + rng.integers(1, words.shape[1], size=len(topic))) % words.shape[1]
+    noun = nouns[rng.integers(0, len(nouns), size=len(topic))]
+    a, b = words[topic, first], words[topic, second]
+    return [f"{x.title()} {y} {z}" for x, y, z in zip(a, b, noun)]
 
 
 def _titles(rng: np.random.Generator, topic: np.ndarray, domain: str) -> list[str]:

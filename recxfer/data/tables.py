@@ -12,7 +12,11 @@ Errors name the file, the column and the line(s): the file's line for CSV/TSV
 Parquet (data row + 1).
 
 Files may be CSV (``.csv``), TSV (``.tsv``/``.txt``) or Parquet (``.parquet``), or a
-folder of such files (e.g. Parquet partitions), which are concatenated.
+folder of such files (e.g. Parquet partitions), which are concatenated; a folder
+with no such files directly inside may be a Hive-partitioned Parquet dataset
+(``interactions/domain=video/part-0.parquet``: the folder names give columns).
+Parquet goes through pyarrow's dataset API: a file's columns are checked on its
+schema before its data is read, and only the table's columns are read.
 """
 
 from __future__ import annotations
@@ -49,9 +53,27 @@ INTERACTIONS = TableSpec("interactions", INTERACTION_REQUIRED, INTERACTION_OPTIO
 ITEMS = TableSpec("items", ITEM_REQUIRED, ITEM_OPTIONAL)
 
 
+def _is_partition_dir(path: Path) -> bool:
+    """A Hive-style partition folder (``domain=video``), as Spark/pyarrow write them."""
+    return path.is_dir() and "=" in path.name and not path.name.startswith(("_", "."))
+
+
+def _partition_files(path: Path) -> list[Path]:
+    """Parquet files under ``key=value`` folders of ``path`` (any depth), sorted;
+    names starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped."""
+    found: list[Path] = []
+    for sub in sorted(p for p in path.iterdir() if _is_partition_dir(p)):
+        found += sorted(p for p in sub.iterdir() if p.is_file() and p.suffix == ".parquet"
+                        and not p.name.startswith(("_", ".")))
+        found += _partition_files(sub)
+    return found
+
+
 def _files_of(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+        if not files:
+            files = _partition_files(path)  # a partitioned Parquet dataset
         if not files:
             raise DataValidationError(
                 f"{path}: folder holds no {'/'.join(sorted(_SUFFIXES))} files"
@@ -66,24 +88,48 @@ def _files_of(path: Path) -> list[Path]:
     return [path]
 
 
-def _read_one(path: Path, spec: TableSpec) -> pd.DataFrame:
+def _partition_base(file: Path, source: Path) -> Path | None:
+    """``source`` when ``file`` lies in its Hive partition folders, else ``None``."""
+    if source.is_dir() and file.parent != source and _is_partition_dir(file.parent):
+        return source
+    return None
+
+
+def _read_parquet(path: Path, spec: TableSpec, base: Path | None) -> pd.DataFrame:
+    """One Parquet file through pyarrow's dataset API: the columns are checked on the
+    file's schema (plus ``key=value`` partition folders under ``base``) before any
+    data is read, and only the table's columns are read (column projection)."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset([str(path)], format="parquet",
+                         partitioning="hive" if base is not None else None,
+                         partition_base_dir=str(base) if base is not None else None)
+    fragment = next(iter(dataset.get_fragments()))
+    names = list(fragment.physical_schema.names)
+    names += [k for k in ds.get_partition_keys(fragment.partition_expression) if k not in names]
+    _check_columns(names, spec, path)
+    table = fragment.to_table(schema=dataset.schema, columns=names)
+    return table.to_pandas()
+
+
+def _read_one(path: Path, spec: TableSpec, base: Path | None = None) -> pd.DataFrame:
     sep = _SUFFIXES[path.suffix]
     try:
         if sep is None:
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(
-                path, sep=sep, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False,
-                na_values={"weight": [""], "timestamp": [""]},
-            )
+            return _read_parquet(path, spec, base)
+        frame = pd.read_csv(
+            path, sep=sep, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False,
+            na_values={"weight": [""], "timestamp": [""]},
+        )
+    except DataValidationError:
+        raise
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DataValidationError(f"{path}: cannot be read as {spec.name}: {exc}") from exc
-    _check_columns(frame, spec, path)
+    _check_columns(list(frame.columns), spec, path)
     return frame
 
 
-def _check_columns(frame: pd.DataFrame, spec: TableSpec, path: Path) -> None:
-    columns = list(frame.columns)
+def _check_columns(columns: list[str], spec: TableSpec, path: Path) -> None:
     missing = [c for c in spec.required if c not in columns]
     if missing:
         raise DataValidationError(
@@ -172,7 +218,8 @@ def _read_sources(
     frames, files = [], []
     for source in paths:
         for file in _files_of(Path(source)):
-            frames.append(_normalise(_read_one(file, spec), spec, file))
+            base = _partition_base(file, Path(source))
+            frames.append(_normalise(_read_one(file, spec, base), spec, file))
             files.append(file)
     if not frames:
         raise DataValidationError(f"no {spec.name} source given")

@@ -1,7 +1,7 @@
 """Evaluation: metrics, protocols, baselines, reports."""
 
 from recxfer.eval.cold_start import evaluate_cold_start
-from recxfer.eval.heldout import evaluate_heldout, score_samples
+from recxfer.eval.heldout import evaluate_heldout, evaluate_on_split, score_samples, split_popularity
 from recxfer.eval.metrics import (
     hit_rate_at_k,
     mrr,
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_KS",
     "evaluate_cold_start",
     "evaluate_heldout",
+    "evaluate_on_split",
     "full_ranking_metrics",
     "full_ranking_metrics_scores",
     "hit_rate_at_k",
@@ -33,6 +34,7 @@ __all__ = [
     "sampled_metrics",
     "sampled_metrics_scores",
     "score_samples",
+    "split_popularity",
     "tie_break_keys",
     "write_results",
 ]

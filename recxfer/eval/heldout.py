@@ -35,6 +35,7 @@ def evaluate_heldout(
     unknown_users: str = "error",
     transfer: DomainTransfer | None = None,
     source: DomainEmbeddings | None = None,
+    popularity: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """Full-ranking metrics of the held-out users, for the model and for popularity.
 
@@ -52,11 +53,14 @@ def evaluate_heldout(
             answers "not found" delivers).
         transfer, source: the domain's item-to-item transfer and its source tables
             (cold users with a source history are scored by it, as served).
+        popularity: ``(n_items,)`` counts the popularity baseline ranks ``emb``'s
+            catalogue by; ``None``: ``emb.item_popularity`` (what the model counted
+            while training). ``evaluate_on_split`` passes the split's training counts.
 
     Returns:
         ``{"model": metrics, "popularity": metrics}``; metrics as in
         ``full_ranking_metrics`` plus ``known_users`` (held-out users ``emb`` has a
-        row for). The popularity row ranks by ``emb.item_popularity`` for everyone.
+        row for). The popularity row ranks by ``popularity`` for everyone.
 
     Raises:
         ValueError: unknown policy, or an unknown user with ``"error"``.
@@ -84,7 +88,10 @@ def evaluate_heldout(
             _positions(item_index, seen[user]) if user in seen.index else np.zeros(0, np.int64)
             for user in groups.index
         ]
-    popularity_col = emb.item_popularity.astype(np.float32)[:, None]  # (n_items, 1)
+    counts = emb.item_popularity if popularity is None else np.asarray(popularity)
+    if counts.shape != (len(emb.item_ids),):
+        raise ValueError(f"popularity has shape {counts.shape}, want ({len(emb.item_ids)},)")
+    popularity_col = counts.astype(np.float32)[:, None]  # (n_items, 1)
     pop_users = np.ones((len(rows), 1), dtype=np.float32)
     popularity = full_ranking_metrics(pop_users, popularity_col, relevant, ks, banned, n_relevant)
 
@@ -107,6 +114,48 @@ def evaluate_heldout(
         model["users"] = float(len(rows))
     model["known_users"] = float(n_known)
     return {"model": model, "popularity": popularity}
+
+
+def split_popularity(item_ids: np.ndarray, train: pd.DataFrame) -> np.ndarray:
+    """``(len(item_ids),)`` int64: how many of the split's training rows ``train``
+    (``item_id``; one domain's) name each item of the catalogue ``item_ids``.
+
+    The popularity baseline of every report (``evaluate_on_split``): a model that
+    counts the rows every other model was trained on. Not ``item_popularity`` of a
+    stored artifact, which counts the rows *it* trained on (a refit: every row,
+    the held-out ones included).
+    """
+    counts = train["item_id"].value_counts()
+    return counts.reindex(pd.Index(item_ids), fill_value=0).to_numpy(dtype=np.int64)
+
+
+def evaluate_on_split(
+    emb: DomainEmbeddings,
+    heldout: pd.DataFrame,
+    ks: Sequence[int],
+    train: pd.DataFrame,
+    transfer: DomainTransfer | None = None,
+    source: DomainEmbeddings | None = None,
+    unknown_users: str = "error",
+) -> dict[str, dict[str, float]]:
+    """The model and the popularity baseline on held-out rows of a split: the one
+    evaluation behind the nightly report and ``recxfer evaluate``.
+
+    Each user's training rows of the split in ``emb.domain`` are excluded from
+    both rankings, and popularity ranks ``emb``'s catalogue by those rows' counts
+    (``split_popularity``), so the figures depend on the split, never on what a
+    stored artifact happened to count. Ties are broken by the seeded per-user
+    order of ``full_ranking_metrics_scores`` (seed 0): same rows, same figures.
+
+    Args:
+        train: the split's training rows (``domain``, ``user_id``, ``item_id``; any
+            domains, ``emb.domain``'s are used).
+        heldout, ks, transfer, source, unknown_users: as in ``evaluate_heldout``.
+    """
+    rows = train.loc[train["domain"] == emb.domain, ["user_id", "item_id"]]
+    return evaluate_heldout(emb, heldout, ks, exclude=rows, unknown_users=unknown_users,
+                            transfer=transfer, source=source,
+                            popularity=split_popularity(emb.item_ids, rows))
 
 
 def score_samples(

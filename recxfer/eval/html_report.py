@@ -25,7 +25,8 @@ import numpy as np
 from recxfer.eval import plots
 
 TABLE_METRICS = ("recall@10", "ndcg@10", "hr@10", "recall@50", "mrr")
-_STATUS_COLOURS = {"published": "#2e7d32", "forced": "#ef6c00", "gated": "#c62828"}
+_STATUS_COLOURS = {"published": "#2e7d32", "forced": "#ef6c00", "gated": "#c62828",
+                   "evaluated": "#1565c0", "stored metrics": "#6a1b9a"}
 _COMPARED = ("Compared with production on the held-out rows production never trained on (it was refit "
              "on every row up to its night): the gate decides on these.")
 
@@ -59,6 +60,12 @@ class RunReport:
             (1-based, 0: the warm-started weights were kept), ``warm_score``,
             ``kept_production_weights`` and ``statement`` (one sentence).
         refit_losses: domain -> loss per epoch of the refit on every row.
+        notes: sentences shown highlighted under the facts (e.g. that figures come
+            from an artifact's stored metrics).
+        show_gate: whether the page has a Gate section (``recxfer evaluate``: no).
+        table_metrics: the columns of the metric tables.
+        subject: what ``comparison_rows`` compares with, in the notes under the
+            tables ("production"; "the artifact" for ``recxfer evaluate``).
     """
 
     title: str
@@ -78,6 +85,16 @@ class RunReport:
     comparison_rows: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
     selection: Mapping[str, Any] = field(default_factory=dict)
     refit_losses: Mapping[str, Sequence[float]] | None = None
+    notes: Sequence[str] = ()
+    show_gate: bool = True
+    table_metrics: Sequence[str] = TABLE_METRICS
+    subject: str = "production"
+
+
+def default_bar_metric(ks: Sequence[int]) -> str:
+    """The bar chart's metric: ``recall@50`` when evaluated, else recall at the
+    largest cut-off (the nightly report and ``recxfer evaluate`` both use this)."""
+    return "recall@50" if 50 in ks else f"recall@{max(ks)}"
 
 
 def _e(value: object) -> str:
@@ -98,21 +115,23 @@ def _fmt(value: object) -> str:
 
 
 def _metrics_table(group: str, by_domain: Mapping[str, Mapping[str, Mapping[str, float]]],
-                   rows_of: Mapping[str, Mapping[str, int]] | None = None) -> str:
-    head = "".join(f"<th>{_e(m)}</th>" for m in TABLE_METRICS)
+                   rows_of: Mapping[str, Mapping[str, int]] | None = None,
+                   columns: Sequence[str] = TABLE_METRICS, subject: str = "production") -> str:
+    head = "".join(f"<th>{_e(m)}</th>" for m in columns)
     rows = []
     for domain in sorted(by_domain):
         for method, metrics in by_domain[domain].items():
             users = int(metrics.get("users", 0))
             known = metrics.get("known_users")
             users_cell = f"{users}" if known is None or int(known) == users else f"{users} ({int(known)} known)"
-            cells = "".join(f"<td>{_fmt(metrics.get(m))}</td>" for m in TABLE_METRICS)
+            cells = "".join(f"<td>{_fmt(metrics.get(m))}</td>" for m in columns)
             label = plots.METHOD_LABELS.get(method, method)
             rows.append(f"<tr><td>{_e(domain)}</td><td>{_e(label)}</td><td>{users_cell}</td>{cells}</tr>")
     title = plots.GROUP_LABELS.get(group, group)
     notes = ""
     if rows_of:
-        notes = "<ul class='muted'>" + "".join(_rows_note(domain, n) for domain, n in sorted(rows_of.items()))
+        notes = "<ul class='muted'>" + "".join(_rows_note(domain, n, subject)
+                                               for domain, n in sorted(rows_of.items()))
         notes += "</ul>"
     return (
         f"<h3>{_e(title)}</h3><table><tr><th>domain</th><th>method</th><th>users</th>{head}</tr>"
@@ -120,14 +139,19 @@ def _metrics_table(group: str, by_domain: Mapping[str, Mapping[str, Mapping[str,
     )
 
 
-def _rows_note(domain: str, n: Mapping[str, Any]) -> str:
+def _rows_note(domain: str, n: Mapping[str, Any], subject: str = "production") -> str:
+    if n.get("basis") == "stored":
+        return (f"<li>{_e(domain)}: {_e(subject)} trained on all {n.get('heldout_rows')} held-out rows; "
+                "these are its stored metrics (its manifest: the evaluated model's, before the "
+                "refit on every row), not recomputed</li>")
     if n.get("basis") == "recorded":
         return (f"<li>{_e(domain)}: production trained on all {n.get('heldout_rows')} held-out rows; "
                 "compared with its recorded evaluation (its manifest: its evaluated model on its own "
                 "night's held-out rows), the new model on every held-out row</li>")
+    verb = "compared" if subject == "production" else "scored"
     return (f"<li>{_e(domain)}: {n.get('comparable_rows')} of {n.get('heldout_rows')} held-out rows "
-            f"compared; left out: {n.get('rows_production_trained_on')} rows production trained on"
-            + (f", {n.get('users_warm_in_production')} users production knows as warm"
+            f"{verb}; left out: {n.get('rows_production_trained_on')} rows {_e(subject)} trained on"
+            + (f", {n.get('users_warm_in_production')} users {_e(subject)} knows as warm"
                if n.get("users_warm_in_production") else "")
             + ("" if n.get("comparable_rows") else " (nothing left: not compared)") + "</li>")
 
@@ -179,9 +203,12 @@ def render_html(report: RunReport) -> str:
     """The report as one self-contained HTML page."""
     colour = _STATUS_COLOURS.get(report.status, "#455a64")
     facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in report.facts.items())
-    tables = "".join(_metrics_table(g, report.results[g], report.comparison_rows.get(g))
-                     for g in report.results)
-    evaluated = "".join(_metrics_table(g, report.evaluated[g]) for g in report.evaluated)
+    tables = "".join(_metrics_table(g, report.results[g], report.comparison_rows.get(g),
+                                    report.table_metrics, report.subject) for g in report.results)
+    evaluated = "".join(_metrics_table(g, report.evaluated[g], columns=report.table_metrics)
+                        for g in report.evaluated)
+    notes = "".join(f"<p class='kept'>{_e(note)}</p>" for note in report.notes)
+    gate = f"<h2>Gate</h2>{_gate_table(report.gate_checks)}" if report.show_gate else ""
     timings = "".join(
         f"<tr><th>{_e(step)}</th><td>{seconds:.2f} s</td></tr>" for step, seconds in report.timings.items()
     )
@@ -224,8 +251,9 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 <h1>{_e(report.title)}</h1>
 <p><span class="status">{_e(report.status)}</span> {_e(report.headline)}</p>
 <table>{facts}</table>
+{notes}
 {_selection_html(report.selection)}
-<h2>Gate</h2>{_gate_table(report.gate_checks)}
+{gate}
 <h2>Metrics</h2>
 <p class="muted">{_e(_COMPARED if report.evaluated else "")}</p>{tables}
 {("<h2>New model on every held-out row</h2>" + evaluated) if report.evaluated else ""}

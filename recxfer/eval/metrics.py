@@ -203,8 +203,10 @@ def relevant_ranks(
         own_key = tie_break_keys(who, item[pick[multi]], seed)  # (m,)
         dense = n_tied[multi] * 8 > n_items  # many ties (a popularity tail): key every item
         if dense.any():
-            keys = tie_break_keys(who[dense][:, None], np.arange(n_items)[None, :], seed)  # (d, I)
-            first = tied[multi[dense]] & (keys < own_key[dense][:, None])  # (d, I)
+            # one key row per distinct user (a user's relevant items share it)
+            distinct, which = np.unique(who[dense], return_inverse=True)  # (u,), (d,)
+            keys = tie_break_keys(distinct[:, None], np.arange(n_items)[None, :], seed)  # (u, I)
+            first = tied[multi[dense]] & (keys[which] < own_key[dense][:, None])  # (d, I)
             ahead[multi[dense]] = _row_counts(first)
         if not dense.all():
             sparse = multi[~dense]

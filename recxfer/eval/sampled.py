@@ -8,6 +8,7 @@ expected rank of a random one rather than rank 1.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -17,10 +18,19 @@ SAMPLED_KEYS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 
 
 def sample_negatives(n_instances: int, n_items: int, n_neg: int = 999, seed: int = 0) -> np.ndarray:
-    """``(n_instances, n_neg)`` int64 item positions drawn uniformly with replacement."""
+    """``(n_instances, n_neg)`` int64 item positions drawn uniformly with replacement
+    (read-only: the same arguments give the same array, kept for the next call, as
+    a validation loop scores one split many times)."""
     if n_items < 1 or n_neg < 1:
         raise ValueError(f"need n_items >= 1 and n_neg >= 1, got {n_items}, {n_neg}")
-    return np.random.default_rng(seed).integers(0, n_items, size=(n_instances, n_neg))
+    return _negatives(int(n_instances), int(n_items), int(n_neg), int(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _negatives(n_instances: int, n_items: int, n_neg: int, seed: int) -> np.ndarray:
+    out = np.random.default_rng(seed).integers(0, n_items, size=(n_instances, n_neg))
+    out.setflags(write=False)
+    return out
 
 
 def sampled_ranks(pos_scores: np.ndarray, neg_scores: np.ndarray, seed: int = 0) -> np.ndarray:

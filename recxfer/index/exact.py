@@ -2,15 +2,19 @@
 
 This is the reference every approximate index is checked against, and the GPU
 path on hosts where faiss has no GPU build.
+
+torch is imported on first use, not with this module: a server answering from a
+faiss index never loads it (~150 MB of private memory in each server process).
 """
 
 from __future__ import annotations
 
+import glob
+import sys
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from recxfer.index.base import check_search_args, drop_excluded, fetch_size
 from recxfer.types import SearchResult
@@ -20,7 +24,12 @@ SCORE_BUDGET = 1 << 26  # floats of scores held at once by default (256 MiB)
 
 
 def cuda_available() -> bool:
-    """Whether torch sees a CUDA device."""
+    """Whether torch sees a CUDA device. On Linux without an NVIDIA device node
+    (``/dev/nvidia*``) there is none, and torch is not imported to be asked."""
+    if "torch" not in sys.modules and sys.platform.startswith("linux") and not glob.glob("/dev/nvidia*"):
+        return False
+    import torch
+
     return bool(torch.cuda.is_available())
 
 
@@ -37,6 +46,8 @@ class ExactIndex:
             floats); by default as many as fit in ``SCORE_BUDGET`` floats (256 MiB),
             at most 4096 and at least 1.
         """
+        import torch
+
         if item_emb.ndim != 2 or item_emb.shape[0] == 0:
             raise ValueError(f"item_emb must be a non-empty (n, d) array, got {item_emb.shape}")
         if device == "auto":
@@ -59,19 +70,21 @@ class ExactIndex:
     def dim(self) -> int:
         return int(self._items.shape[1])
 
-    @torch.no_grad()
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
     ) -> SearchResult:
+        import torch
+
         queries = check_search_args(queries, k, self.dim, exclude)
         k_fetch = fetch_size(k, self.ntotal, exclude)
         all_idx, all_scores = [], []
-        for start in range(0, queries.shape[0], self._chunk):
-            q = torch.as_tensor(queries[start : start + self._chunk], device=self.device)
-            scores = q @ self._items.T  # (chunk, I)
-            top = torch.topk(scores, k_fetch, dim=1)  # (chunk, k_fetch)
-            all_idx.append(top.indices.cpu().numpy())
-            all_scores.append(top.values.float().cpu().numpy())
+        with torch.no_grad():
+            for start in range(0, queries.shape[0], self._chunk):
+                q = torch.as_tensor(queries[start : start + self._chunk], device=self.device)
+                scores = q @ self._items.T  # (chunk, I)
+                top = torch.topk(scores, k_fetch, dim=1)  # (chunk, k_fetch)
+                all_idx.append(top.indices.cpu().numpy())
+                all_scores.append(top.values.float().cpu().numpy())
         if not all_idx:
             return SearchResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
         return drop_excluded(np.concatenate(all_idx), np.concatenate(all_scores), k, exclude)

@@ -61,16 +61,18 @@ from recxfer.artifacts import (
     rollback,
 )
 from recxfer.config import to_dict
-from recxfer.data import CrossDomainData, DataValidationError, leave_one_out, load_sources
+from recxfer.data import CrossDomainData, DataValidationError, load_sources
 from recxfer.data.tables import find_table
-from recxfer.eval import evaluate_heldout, score_samples
-from recxfer.eval.html_report import RunReport, render_html
+from recxfer.eval import evaluate_heldout, evaluate_on_split, score_samples
+from recxfer.eval.html_report import RunReport, default_bar_metric, render_html
 from recxfer.nightly.config import NightlyConfig, load_nightly_config
 from recxfer.nightly.gate import GateDecision, decide
 from recxfer.pipeline import (
     TEXT_CACHE,
     JobConfig,
     artifact_transfer,
+    comparable_heldout,
+    hold_out_warm,
     load_shared_warm_start,
     publish_and_prune,
     refit_model,
@@ -79,8 +81,6 @@ from recxfer.pipeline import (
     train_model,
     trained_pairs,
     training_sets,
-    untrained_rows,
-    warm_users,
     write_model_artifact,
 )
 from recxfer.train import CrossDomainModel
@@ -238,25 +238,6 @@ def production_transfers(
     return out
 
 
-def hold_out_warm(
-    train: pd.DataFrame, targets: tuple[str, ...], seed: int
-) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Leave-one-out of the targets' training rows: one row per (user, target) with
-    at least two (the latest by timestamp when there is one) is held out. Stable:
-    the choice depends on the user's own rows only, so a row held out last night
-    stays held out tonight unless the user has a newer one (never seen by the
-    production model either way).
-
-    Returns:
-        ``(train, heldout)``: the remaining training rows of every domain and
-        ``target -> held-out rows``.
-    """
-    in_targets = train["domain"].isin(targets).to_numpy()
-    rest, held = leave_one_out(train[in_targets], seed, stable=True)
-    remaining = pd.concat([train[~in_targets], rest], ignore_index=True)
-    return remaining, {t: held[held["domain"] == t].reset_index(drop=True) for t in targets}
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """Tonight's evaluation.
@@ -278,30 +259,6 @@ class Evaluation:
     comparison: Results
     counts: dict[str, dict[str, dict[str, int]]]
     scores: dict[str, dict[str, dict[str, Any]]]
-
-
-def comparable_heldout(
-    heldout: pd.DataFrame, group: str, production: DomainEmbeddings | None, pairs: np.ndarray | None
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The held-out rows production never trained on, and what was dropped.
-
-    A row whose ``(domain, user, item)`` pair is in production's training pairs
-    (``pairs``, from its manifest; ``None``: it records none, as artifacts from
-    before the refit, which trained on the split's training rows only) is dropped.
-    In the ``cold_start`` group a user production knows as warm in the target
-    (it trained on some of their target rows) is dropped too: production would
-    not be scored as cold-start there, the new model would.
-    """
-    keep = untrained_rows(heldout, pairs)
-    seen = int((~keep).sum())
-    warm_users_dropped = 0
-    if group == "cold_start" and production is not None:
-        is_warm = heldout["user_id"].isin(warm_users(production)).to_numpy()
-        warm_users_dropped = int(heldout.loc[is_warm & keep, "user_id"].nunique())
-        keep &= ~is_warm
-    counts = {"heldout_rows": int(len(heldout)), "comparable_rows": int(keep.sum()),
-              "rows_production_trained_on": seen, "users_warm_in_production": warm_users_dropped}
-    return heldout[keep].reset_index(drop=True), counts
 
 
 def evaluate_models(
@@ -347,8 +304,9 @@ def evaluate_models(
         new = model.domains[target]
 
         def new_model(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
-            return evaluate_heldout(new, rows, ks, exclude=exclude, transfer=model.transfers.get(target),
-                                    source=model.domains[source])
+            # the same evaluation as `recxfer evaluate` (popularity: the split's training counts)
+            return evaluate_on_split(new, rows, ks, train, transfer=model.transfers.get(target),
+                                     source=model.domains[source])
 
         comparable_parts = []
         for group, heldout in (("cold_start", cold_test.get(target)), ("warm", warm_test.get(target))):
@@ -735,7 +693,7 @@ def _build_report(
         scores=evaluation.scores,
         timings=timings,
         config={**to_dict(config.job), "nightly": to_dict(config.nightly)},
-        bar_metric="recall@50" if "recall@50" in config.metric_names() else f"recall@{config.eval_ks[-1]}",
+        bar_metric=default_bar_metric(config.eval_ks),
         evaluated=evaluation.evaluated,
         comparison_rows=evaluation.counts,
         selection=selection,

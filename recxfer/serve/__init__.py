@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from recxfer.serve.config import ServeConfig, TlsConfig
+    from recxfer.serve.config import BatchingConfig, ServeConfig, TlsConfig
     from recxfer.serve.holder import ModelHolder
     from recxfer.serve.model import (
         ItemFilter,
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from recxfer.serve.server import RecommenderServer, create_server
 
 _EXPORTS = {
+    "BatchingConfig": "recxfer.serve.config",
     "ArtifactWatcher": "recxfer.serve.reload",
     "ItemFilter": "recxfer.serve.model",
     "ModelHolder": "recxfer.serve.holder",

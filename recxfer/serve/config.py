@@ -51,11 +51,15 @@ class BatchingConfig:
             (0: no waiting; calls that queued while every worker was busy still
             share a search). A call whose deadline passes while it waits is
             answered DEADLINE_EXCEEDED without being searched.
+        early_flush: take a call at once, without the delay, when it is the only
+            batchable call admitted (a lone caller does not wait); off: always
+            wait out ``max_queue_delay_ms`` (Triton's rule).
     """
 
     enabled: bool = True
     max_batch: int = 64
     max_queue_delay_ms: float = 1.0
+    early_flush: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch, int) or self.max_batch < 1:

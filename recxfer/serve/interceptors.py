@@ -280,6 +280,11 @@ class AdmissionGate:
         return len(self._waiting)
 
     @property
+    def unslotted(self) -> int:
+        """Admitted calls without a worker slot (batched calls)."""
+        return self._unslotted
+
+    @property
     def admitted(self) -> int:
         """Calls admitted (at work, waiting for a slot, or in the batcher)."""
         return self._working + len(self._waiting) - self._internal + self._unslotted

@@ -11,6 +11,12 @@ so every tag is one byte)::
                            UserKind user_kind = 3;}
     BatchRecommendResult  {oneof {RecommendResponse response = 1; RequestError error = 2;}}
     BatchRecommendResponse{repeated BatchRecommendResult results = 1; string model_version = 2;}
+
+The packed layout (``repeated string item_ids = 4; repeated float scores = 5;``,
+request ``packed``) takes at most ``field_bytes(id) + 4`` bytes per item plus two
+short headers, never more than the legacy ``ScoredItem`` it replaces
+(``field_bytes(field_bytes(id) + 5)``) for any answer of at least one item, so
+the legacy bound below covers both layouts.
 """
 
 from __future__ import annotations

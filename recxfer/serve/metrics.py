@@ -11,6 +11,7 @@ serving each version). Imports no model code, so the parent stays light.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from socketserver import ThreadingMixIn
@@ -194,12 +195,14 @@ class ServingMetrics:
 
 
 def _zero_and_clear(gauge: Gauge) -> None:
-    """Drop a labelled gauge's children, first setting them to 0: in multiprocess
-    mode ``clear()`` alone leaves their last values in the files."""
+    """Drop a labelled gauge's children. In multiprocess mode (which has no
+    ``clear()``: their values stay in the files) they are set to 0 instead."""
+    if not (os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")):
+        gauge.clear()
+        return
     for metric in gauge.collect():
         for sample in metric.samples:
             gauge.labels(**sample.labels).set(0)
-    gauge.clear()
 
 
 class MultiprocessMetricsHttp:

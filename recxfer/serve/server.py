@@ -186,6 +186,7 @@ def create_server(
             config.batching, config.max_workers, gate, metrics,
             # OpenMP keeps its thread count per thread: set it in each executor.
             initializer=partial(set_search_threads, config.search_threads),
+            admitted=(lambda: gate.unslotted) if config.batching.early_flush else None,
         )
         unslotted = RecommenderServicer.BATCHED_METHODS
     interceptors += [DecodeGuardInterceptor(metrics), AdmissionInterceptor(gate, unslotted=unslotted)]

@@ -34,6 +34,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ from recxfer.train.distributed import (
     broadcast_object,
     rank_and_world,
 )
-from recxfer.train.histories import MultiDomainIndex
+from recxfer.train.histories import HistoryTensors, MultiDomainIndex
 from recxfer.train.warm_start import ID_TABLE, SharedWarmStart, WarmStartReport, apply_warm_start
 from recxfer.transfer.shared import SharedModelConfig, SharedTransferModel
 
@@ -83,6 +84,12 @@ class SharedTrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast of the towers in DDP runs on CUDA (else ignored)
+    # Linear-cost steps: each step projects only the items it touches, once, and the
+    # id embedding gets row-wise (sparse) gradients with SparseAdam (lazy Adam: only
+    # the rows a step touches move; weight decay applied to those rows), the other
+    # weights Adam. False: the loop of before (dense Adam over the whole id table,
+    # one projection per tower call), kept as the numerical reference.
+    sparse: bool = True
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 0), ("batch_size", 1), ("max_history", 1), ("align_batch", 1),
@@ -154,15 +161,19 @@ class SharedStepLoss(nn.Module):
         align: AlignmentLoss,
         softmax: InBatchSoftmaxLoss,
         amp_device: str | None = None,
+        fused: bool = False,
     ) -> None:
         """Args:
         amp_device: device type to autocast to bfloat16 on (``"cuda"``), or ``None``.
+        fused: one projection of the distinct items the step touches
+            (``SharedTransferModel.step_vectors``) instead of one per tower call.
         """
         super().__init__()
         self.model = model
         self.align = align
         self.softmax = softmax
         self.amp_device = amp_device
+        self.fused = fused
 
     def _autocast(self):
         if self.amp_device is None:
@@ -184,9 +195,21 @@ class SharedStepLoss(nn.Module):
         hist: ``(B, L)`` histories of the batch's users; ``mask`` ``(B, L)`` positions used.
         items: ``(B,)`` their positive items; ``item_log_q`` ``(B,)`` or ``None``.
         align_hist: ``(A, L)`` histories of overlapping users to align, or ``None``.
-        src_mask, tgt_mask: ``(1, L)`` source / target history columns.
+        src_mask, tgt_mask: ``(1, L)`` source / target history columns, or ``(A, L)``
+            per-entry masks (the compact layout of ``HistoryTensors.gather_compact``).
         lambda_: gradient-reversal strength (adversarial part).
         """
+        if self.fused:
+            with self._autocast():
+                user_vec, item_vec, extra = self.model.step_vectors(
+                    hist, mask, items, align_hist,
+                    (src_mask, tgt_mask) if align_hist is not None else ())
+            loss = self.softmax(user_vec.float(), item_vec.float(), item_log_q, items)
+            if align_hist is not None:
+                src_vec, tgt_vec = extra[0].float(), extra[1].float()  # (A, dim) each
+                align_loss, _ = self.align(src_vec, tgt_vec, src_vec, tgt_vec, lambda_)
+                loss = loss + align_loss
+            return loss
         with self._autocast():
             user_vec = self.model.users(hist, mask)  # (B, dim)
             item_vec = self.model.items(items)  # (B, dim)
@@ -198,6 +221,92 @@ class SharedStepLoss(nn.Module):
             align_loss, _ = self.align(src_vec, tgt_vec, src_vec, tgt_vec, lambda_)
             loss = loss + align_loss
         return loss
+
+
+class RowAdam:
+    """Lazy Adam on the rows of one embedding table: the update of
+    ``torch.optim.SparseAdam`` (moments and weights change only at the rows a
+    step's sparse gradient touches; bias correction by the global step count),
+    done with row gathers and scatters, so a step costs O(touched rows x dim).
+
+    State: ``step`` and the ``(rows, dim)`` first and second moments.
+    """
+
+    def __init__(self, table: nn.Parameter, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        self.table = table
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.step_count = 0
+        self.exp_avg = torch.zeros_like(table, memory_format=torch.preserve_format).detach()
+        self.exp_avg_sq = torch.zeros_like(self.exp_avg)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grad = self.table.grad
+        if grad is None:
+            return
+        if grad.is_sparse:
+            grad = grad.coalesce()  # repeated rows (several ranks) summed once
+            rows, values = grad.indices()[0], grad.values()
+        else:  # a dense gradient (e.g. reduced by NCCL): its non-zero rows
+            rows = torch.nonzero(grad.abs().sum(1)).squeeze(1)
+            values = grad[rows]
+        if rows.numel() == 0:
+            return
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        weight = self.table.detach()
+        if self.weight_decay > 0:  # L2 on the touched rows, as Adam's weight_decay
+            values = values + self.weight_decay * weight[rows]
+        m = self.exp_avg[rows].mul_(beta1).add_(values, alpha=1 - beta1)  # (n, dim)
+        v = self.exp_avg_sq[rows].mul_(beta2).addcmul_(values, values, value=1 - beta2)
+        self.exp_avg[rows] = m
+        self.exp_avg_sq[rows] = v
+        step_size = self.lr * math.sqrt(1 - beta2**self.step_count) / (1 - beta1**self.step_count)
+        weight.index_add_(0, rows, m.div_(v.sqrt_().add_(self.eps)), alpha=-step_size)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+
+
+class RowSparseAdam:
+    """Row-wise Adam (``RowAdam``) over the id-embedding table, whose sparse
+    gradients touch only the rows a step used, and Adam over every other weight,
+    as one optimiser (``zero_grad``/``step``/``state_dict``/``load_state_dict``).
+
+    ``weight_decay`` is added to the touched rows' gradients (L2, as Adam's own
+    ``weight_decay`` does for the dense weights), lazily: untouched rows do not decay.
+    """
+
+    def __init__(self, table: nn.Parameter, dense: list[nn.Parameter], lr: float,
+                 weight_decay: float = 0.0) -> None:
+        self.table = table
+        self.rows = RowAdam(table, lr, weight_decay=weight_decay)
+        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay) if dense else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.table.grad = None
+        if self.dense is not None:
+            self.dense.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.rows.step()
+        if self.dense is not None:
+            self.dense.step()
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows.state_dict(),
+                "dense": None if self.dense is None else self.dense.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows.load_state_dict(state["rows"])
+        if self.dense is not None and state.get("dense") is not None:
+            self.dense.load_state_dict(state["dense"])
 
 
 def pad_schedule(order: list[int], world_size: int) -> list[int]:
@@ -271,12 +380,22 @@ def train_shared(
     warm_report = apply_warm_start(model, warm, index) if warm is not None else None
     align = AlignmentLoss(config.alignment, config.model.dim).to(device)
     params = list(model.parameters()) + list(align.parameters())
-    optim = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    # Sparse gradients need a backend that reduces them (gloo); NCCL runs get dense
+    # id-table gradients (SparseAdam still keeps row-wise state).
+    sparse_grads = config.sparse and (not distributed or dist.get_backend() == "gloo")
+    optim: torch.optim.Optimizer | RowSparseAdam
+    if config.sparse:
+        model.set_sparse_grad(sparse_grads)
+        table = model.id_table()
+        optim = RowSparseAdam(table, [p for p in params if p is not table], config.lr,
+                              config.weight_decay)
+    else:
+        optim = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     softmax = InBatchSoftmaxLoss(config.temperature)
     # Mixed precision only for DDP on CUDA: a single process keeps float32, so its
     # results stay those of the loop before DDP support (benchmarks compare them).
     amp = "cuda" if config.amp and distributed and device.type == "cuda" else None
-    step_loss: nn.Module = SharedStepLoss(model, align, softmax, amp)
+    step_loss: nn.Module = SharedStepLoss(model, align, softmax, amp, fused=config.sparse)
     if distributed:
         step_loss = DistributedDataParallel(
             step_loss,
@@ -286,7 +405,7 @@ def train_shared(
             **_NO_BUFFER_SYNC,
         )
 
-    history = torch.as_tensor(index.history, device=device)  # (U, L)
+    history = HistoryTensors(index, device)  # CSR, gathered per batch: (B, L)
     pos_domain = torch.as_tensor(index.position_domain, device=device)  # (L,)
     rows = {d: tuple(torch.as_tensor(a, device=device) for a in index.rows[d]) for d in index.domains}
     counts = torch.zeros(index.n_items_total, device=device)
@@ -305,7 +424,8 @@ def train_shared(
     overlap = {t: torch.nonzero(has[source] & has[t]).squeeze(1) for t in targets}
     use_align = any(w > 0 for w in (config.alignment.mmd, config.alignment.coral,
                                     config.alignment.adversarial, config.alignment.contrastive))
-    src_cols = pos_domain.unsqueeze(0) == index.domains.index(source)  # (1, L)
+    src_idx = index.domains.index(source)
+    src_cols = pos_domain.unsqueeze(0) == src_idx  # (1, L)
 
     best_state, best_score, best_epoch, bad_epochs = None, -np.inf, -1, 0
     losses, val_scores, seconds, steps_run = [], [], [], []
@@ -366,14 +486,26 @@ def train_shared(
                 continue
             sel = perms[domain][s : s + config.batch_size]  # (B,)
             users, items = rows[domain][0][sel], rows[domain][1][sel]  # (B,), (B,)
-            hist = history[users]  # (B, L)
-            mask = hist != items.unsqueeze(1)  # leave the predicted item out
+            items = items.long()
             drop = (drop_draw.to(device) < config.cold_drop)
             drop &= any_other[domain][users]
-            mask &= ~(drop.unsqueeze(1) & (pos_domain == d_idx).unsqueeze(0))
-            align_hist = history[overlap[domain][pick_draw.to(device)]] if aligned else None  # (A, L)
+            if config.sparse:  # compact rows: the batch's real history entries only
+                hist, hist_dom = history.gather_compact(users)  # (B, W), (B, W)
+                own, src, tgt = hist_dom == d_idx, None, None
+                align_hist = None
+                if aligned:
+                    align_hist, align_dom = history.gather_compact(
+                        overlap[domain][pick_draw.to(device)])  # (A, W')
+                    src, tgt = align_dom == src_idx, align_dom == d_idx
+            else:  # the fixed-width layout of before
+                hist = history.gather(users)  # (B, L)
+                own = (pos_domain == d_idx).unsqueeze(0)  # (1, L)
+                align_hist = history.gather(overlap[domain][pick_draw.to(device)]) if aligned else None  # (A, L)
+                src, tgt = src_cols, pos_domain.unsqueeze(0) == d_idx
+            mask = hist != items.unsqueeze(1)  # leave the predicted item out
+            mask &= ~(drop.unsqueeze(1) & own)
             loss = step_loss(hist, mask, items, log_q[items] if config.logq else None,
-                             align_hist, src_cols, pos_domain.unsqueeze(0) == d_idx, lambda_)
+                             align_hist, src, tgt, lambda_)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -432,6 +564,7 @@ def train_shared(
     else:
         best_epoch = len(losses) - 1
     broadcast_module_state(model)  # rank 0's weights everywhere (no-op in one process)
+    model.set_sparse_grad(False)  # a later backward (fine-tuning, tests) gets dense grads
     model.eval()
     return SharedTrainResult(model, losses, val_scores, best_epoch, seconds, device.type,
                              start_epoch, rank, world_size, steps_run, warm_report, warm_score,

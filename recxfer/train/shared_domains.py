@@ -4,7 +4,7 @@ and every target, then export servable embeddings for every domain."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,14 @@ class SharedJobConfig:
 
     train: SharedTrainConfig = field(default_factory=SharedTrainConfig)
     use_text: bool = True
+    # Validation users scored after each epoch, per target: a seeded sample of at
+    # most this many of the target's validation users (0: all of them). Only they
+    # are exported for validation, not every user.
+    val_users: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.val_users < 0:
+            raise ValueError(f"val_users must be >= 0 (0: all), got {self.val_users}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class SharedCrossDomainModel(CrossDomainModel):
         total_losses: mean training loss per epoch over every domain's rows.
         dropped_items: domain -> items left out of the export because no epoch
             trained their rows (new items of a warm start with no epoch run).
+        seconds_per_epoch: wall seconds of each epoch's training steps (without
+            validation).
     """
 
     pooling: str = "mean"
@@ -64,6 +74,7 @@ class SharedCrossDomainModel(CrossDomainModel):
     warm_score: float | None = None
     total_losses: list[float] = field(default_factory=list)
     dropped_items: dict[str, int] = field(default_factory=dict)
+    seconds_per_epoch: list[float] = field(default_factory=list)
 
     def warm_start(self) -> SharedWarmStart:
         """This model's weights as the starting point of another run (the refit)."""
@@ -91,6 +102,7 @@ def train_shared_cross_domain(
     validator: Callable[[dict[str, DomainEmbeddings]], float] | None = None,
     checkpoint_dir: str | Path | None = None,
     warm: SharedWarmStart | None = None,
+    validation_users: Mapping[str, Sequence[str]] | None = None,
 ) -> SharedCrossDomainModel:
     """Train the shared model on ``train`` and export every domain.
 
@@ -101,6 +113,10 @@ def train_shared_cross_domain(
         checkpoint_dir: per-epoch checkpoints go to ``checkpoint_dir/shared``; a run
             finding one for the same data shape and config resumes from it.
         warm: an earlier model's weights to start from (item rows matched by id).
+        validation_users: target -> ids of its validation users. When given,
+            ``validator`` sees only a seeded sample of at most ``config.val_users``
+            of them per target (their rows alone are exported each epoch);
+            ``None``: every user is exported for validation.
 
     Items new to ``warm`` whose rows no epoch trained (``config.train.epochs`` 0,
     e.g. a refit of zero epochs) are left out of the exported tables and of
@@ -115,8 +131,14 @@ def train_shared_cross_domain(
         text_emb = cache.encode(item_texts(index, items))
         log.info("text tower: %d item texts encoded (cache %s)", len(text_emb), cache.directory)
 
+    val_pos = None if validation_users is None else sample_validation_users(
+        index, validation_users, config.val_users, config.train.seed)
+    if val_pos is not None:
+        log.info("validation: %d sampled users exported per epoch (of %d)", len(val_pos),
+                 len(index.users))
+
     def validate(model: SharedTransferModel) -> float:
-        return validator(export_domains(model, index))
+        return validator(export_domains(model, index, user_pos=val_pos))
 
     checkpointer = None
     if checkpoint_dir is not None:
@@ -157,38 +179,95 @@ def train_shared_cross_domain(
         warm_score=result.warm_score,
         total_losses=list(result.epoch_losses),
         dropped_items=dropped,
+        seconds_per_epoch=list(result.seconds_per_epoch),
     )
 
 
+def sample_validation_users(
+    index: MultiDomainIndex, users: Mapping[str, Sequence[str]], n: int, seed: int
+) -> np.ndarray:
+    """Sorted index positions of a seeded sample of at most ``n`` users per target
+    (``n`` 0: all) among ``users[target]`` known to ``index``; the union over targets."""
+    rng = np.random.default_rng([seed, 11])
+    picked = []
+    for target in sorted(users):
+        pos = index.users.lookup(pd.Index(np.asarray(users[target], dtype=object)))
+        pos = np.unique(pos[pos >= 0])
+        if n and len(pos) > n:
+            pos = np.sort(rng.choice(pos, size=n, replace=False))
+        picked.append(pos)
+    return np.unique(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def export_user_embeddings(
+    model: SharedTransferModel,
+    index: MultiDomainIndex,
+    user_pos: np.ndarray | None = None,
+    table: torch.Tensor | None = None,
+    batch: int = 4096,
+) -> np.ndarray:
+    """``(n, dim)`` embeddings of ``user_pos`` (every user when ``None``) from all
+    their history, gathered from the CSR histories chunk by chunk, over one
+    projection of the item table (``table``, or projected here once)."""
+    user_pos = np.arange(len(index.users)) if user_pos is None else np.asarray(user_pos, np.int64)
+    if len(user_pos) == 0:
+        return np.zeros((0, model.config.dim), dtype=np.float32)
+    table = model.item_table() if table is None else table
+    parts = [model.export_users(index.gather(user_pos[s : s + batch]), batch, table)
+             for s in range(0, len(user_pos), batch)]
+    return np.concatenate(parts)
+
+
 def export_domains(
-    model: SharedTransferModel, index: MultiDomainIndex, keep: np.ndarray | None = None
+    model: SharedTransferModel,
+    index: MultiDomainIndex,
+    keep: np.ndarray | None = None,
+    user_pos: np.ndarray | None = None,
 ) -> dict[str, DomainEmbeddings]:
     """Servable embeddings of every domain: every indexed user gets a row in every
     domain (``warm`` with history there, ``transfer`` otherwise).
 
+    The item table is projected once (under ``no_grad``) and serves both the item
+    tables and the pooling of every chunk of users.
+
     Args:
         keep: ``(index.n_items_total,)`` bool, the items to export (all when ``None``);
             a left-out item is absent from its domain's tables and seen lists.
+        user_pos: sorted distinct index positions of the users to export (all when
+            ``None``), e.g. sampled validation users; item popularity still counts
+            every row.
     """
-    user_emb = model.export_users(index.history)  # (U, d): all history, all domains
+    table = model.item_table()  # (I, dim) on the model's device, once
+    users = np.arange(len(index.users)) if user_pos is None else np.asarray(user_pos, np.int64)
+    user_emb = export_user_embeddings(model, index, users, table)  # (n, d): all domains' history
+    row_of = None
+    if user_pos is not None:
+        row_of = np.full(len(index.users), -1, dtype=np.int64)
+        row_of[users] = np.arange(len(users))
+    lengths = index.lengths[users]  # (n, n_domains)
+    item_table = table.float().cpu().numpy()
     out = {}
-    for domain in index.domains:
+    for d_idx, domain in enumerate(index.domains):
         sl = index.domain_slice(domain)
-        user_pos, item_pos = index.rows[domain]
-        local = item_pos - sl.start  # (nnz,)
+        seen_users, item_pos = index.rows[domain]
+        local = item_pos.astype(np.int64) - sl.start  # (nnz,)
         n_items = sl.stop - sl.start
         kept = np.ones(n_items, dtype=bool) if keep is None else keep[sl]  # (n_items,)
         new_pos = np.cumsum(kept) - 1  # old local position -> exported position
         rows = kept[local]
-        warm = index.has_history(domain)
+        seen_rows = seen_users.astype(np.int64)
+        if row_of is not None:
+            seen_rows = row_of[seen_rows]
+            rows &= seen_rows >= 0
+        warm = lengths[:, d_idx] > 0
         out[domain] = DomainEmbeddings(
             domain=domain,
-            user_ids=index.users.ids,
+            user_ids=index.users.ids[users],
             user_emb=user_emb,
             user_origin=np.where(warm, UserOrigin.WARM.value, UserOrigin.TRANSFER.value).astype(object),
             item_ids=index.items[domain].ids[kept],
-            item_emb=model.export_items(sl.start, sl.stop)[kept],
-            seen=SeenItems.from_pairs(len(index.users), user_pos[rows], new_pos[local[rows]]),
+            item_emb=item_table[sl][kept],
+            seen=SeenItems.from_pairs(len(users), seen_rows[rows], new_pos[local[rows]]),
             item_popularity=np.bincount(local, minlength=n_items).astype(np.int64)[kept],
         )
     return out

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from recxfer.eval.cold_start import evaluate_cold_start
-from recxfer.eval.heldout import evaluate_heldout, score_samples
+from recxfer.eval.heldout import evaluate_heldout, evaluate_on_split, score_samples, split_popularity
 
 
 def test_matches_evaluate_cold_start_when_the_model_knows_everyone(make_domain, heldout) -> None:
@@ -64,3 +64,30 @@ def test_score_samples_separate_heldout_from_random_items(make_domain, heldout) 
     np.testing.assert_allclose(samples["heldout"], 1.0)
     assert samples["random"].shape == (3 * 7,)
     assert samples["random"].mean() < 0.5 and len(make_domain().item_ids) == 30
+
+
+def test_evaluate_on_split_ranks_popularity_by_the_splits_training_rows(make_domain, heldout) -> None:
+    """The nightly report and `recxfer evaluate` share this: popularity counts the
+    split's training rows of the domain (other domains, and items off the catalogue,
+    ignored), never the scored model's own ``item_popularity``."""
+    emb = make_domain()  # its own counts rank i25 26th
+    train = pd.DataFrame({
+        "domain": ["books"] * 5 + ["video"] * 4,
+        "user_id": ["u0", "u0", "u3", "u2", "u3", "u1", "u1", "u1", "u1"],
+        "item_id": ["i25", "i7", "i25", "i0", "zzz", "i7", "i8", "i9", "i3"],
+    })
+    counts = split_popularity(emb.item_ids, train[train["domain"] == "books"])
+    assert counts.dtype == np.int64 and counts.shape == (30,)
+    assert counts[25] == 2 and counts[7] == 1 and counts[0] == 1 and counts.sum() == 4
+    u1 = heldout[heldout["user_id"] == "u1"]
+    got = evaluate_on_split(emb, u1, (1,), train)
+    assert got["popularity"]["recall@1"] == 1.0  # i25 is the split's most popular item
+    assert evaluate_heldout(emb, u1, (1,), exclude=train[train["domain"] == "books"])[
+        "popularity"]["recall@1"] == 0.0
+    # u2's training row i0 is excluded from both rankings, as the split says
+    u2 = heldout[heldout["user_id"] == "u2"]
+    ref = evaluate_heldout(emb, u2, (1, 10), exclude=train[train["domain"] == "books"],
+                           popularity=counts)
+    assert evaluate_on_split(emb, u2, (1, 10), train) == ref
+    with pytest.raises(ValueError, match="popularity has shape"):
+        evaluate_heldout(emb, u2, (1,), popularity=np.ones(3))

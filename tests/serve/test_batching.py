@@ -141,7 +141,7 @@ def test_concurrent_batched_answers_equal_sequential_unbatched(start_server, his
 def test_deadline_passing_in_the_queue_is_answered_without_a_search(start_server, model, tools):
     spied = counted(model, tools)
     running = start_server(ModelHolder(spied),
-                           batching=BatchingConfig(max_batch=64, max_queue_delay_ms=5000))
+                           batching=BatchingConfig(max_batch=64, max_queue_delay_ms=5000, early_flush=False))
     t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         running.stub.Recommend(pb.RecommendRequest(user_id="alice", domain="books", k=3),
@@ -160,10 +160,34 @@ def test_deadline_passing_in_the_queue_is_answered_without_a_search(start_server
     assert metrics.batch_size.labels("recommend")._sum.get() == 0
 
 
+def test_deadline_passing_while_the_batch_waits_for_a_worker_is_not_searched(
+        start_server, model, tools):
+    spied = counted(model, tools, delay=1.0)
+    running = start_server(ModelHolder(spied), max_workers=1,
+                           batching=BatchingConfig(max_queue_delay_ms=0))
+    busy = running.stub.BatchRecommend.future(pb.BatchRecommendRequest(requests=[
+        pb.RecommendRequest(user_id="alice", domain="books", k=3)]), timeout=TIMEOUT)
+    time.sleep(0.2)  # the only worker slot is searching for ~1 s
+    with pytest.raises(grpc.RpcError) as info:  # taken into a batch, waiting for the slot
+        running.stub.Recommend(pb.RecommendRequest(user_id="bob", domain="books", k=3),
+                               timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(busy.result().results) == 1
+    dropped = running.server.metrics.batch_dropped_calls.labels("recommend", "deadline")
+    end = time.monotonic() + 2.0
+    while dropped._value.get() < 1 and time.monotonic() < end:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the executor had the slot by now: it skips the dropped call
+    assert dropped._value.get() == 1
+    assert spied.domains["books"].index.calls == [1]  # BatchRecommend's search only
+    assert running.stub.Recommend(pb.RecommendRequest(user_id="bob", domain="books", k=3),
+                                  timeout=TIMEOUT).items  # and the server still answers
+
+
 def test_a_full_batch_is_searched_at_once_and_never_exceeds_max_batch(start_server, model, tools):
     spied = counted(model, tools, delay=0.05)
     running = start_server(ModelHolder(spied),
-                           batching=BatchingConfig(max_batch=4, max_queue_delay_ms=5000))
+                           batching=BatchingConfig(max_batch=4, max_queue_delay_ms=5000, early_flush=False))
     users = ["alice", "bob", "erin", "carol"] * 3
     t0 = time.monotonic()
     futures = [running.stub.Recommend.future(pb.RecommendRequest(user_id=u, domain="books", k=3),
@@ -177,7 +201,7 @@ def test_a_full_batch_is_searched_at_once_and_never_exceeds_max_batch(start_serv
 def test_the_queue_delay_flushes_a_partial_batch(start_server, model, tools):
     spied = counted(model, tools)
     running = start_server(ModelHolder(spied),
-                           batching=BatchingConfig(max_batch=64, max_queue_delay_ms=300))
+                           batching=BatchingConfig(max_batch=64, max_queue_delay_ms=300, early_flush=False))
     t0 = time.monotonic()
     futures = [running.stub.Recommend.future(pb.RecommendRequest(user_id=u, domain="books", k=2),
                                              timeout=TIMEOUT) for u in ("alice", "bob", "erin")]
@@ -186,10 +210,21 @@ def test_the_queue_delay_flushes_a_partial_batch(start_server, model, tools):
     assert spied.domains["books"].index.calls == [3]
 
 
+def test_a_lone_caller_does_not_wait_out_the_delay(start_server, model, tools):
+    spied = counted(model, tools)
+    running = start_server(ModelHolder(spied), batching=BatchingConfig(max_queue_delay_ms=5000))
+    t0 = time.monotonic()
+    for user in ("alice", "bob", "erin"):
+        running.stub.Recommend(pb.RecommendRequest(user_id=user, domain="books", k=2),
+                               timeout=TIMEOUT)
+    assert time.monotonic() - t0 < 2.0  # early_flush: the only admitted call goes at once
+    assert spied.domains["books"].index.calls == [1, 1, 1]
+
+
 def test_different_domains_and_kinds_are_separate_searches(start_server, model, tools):
     spied = counted(model, tools)
     running = start_server(ModelHolder(spied),
-                           batching=BatchingConfig(max_batch=64, max_queue_delay_ms=200))
+                           batching=BatchingConfig(max_batch=64, max_queue_delay_ms=200, early_flush=False))
     calls = [rec("alice", 3), rec("bob", 4), rec("alice", 3, "video"), sim("b01", 3),
              rec("erin", 20)]
     futures = [getattr(running.stub, m).future(r, timeout=TIMEOUT) for m, r in calls]
@@ -256,7 +291,7 @@ def test_reload_mid_traffic_answers_from_one_snapshot(start_server, model, artif
 
 def test_batched_calls_count_against_max_concurrent_rpcs(start_server, model):
     running = start_server(ModelHolder(model), max_concurrent_rpcs=2,
-                           batching=BatchingConfig(max_batch=64, max_queue_delay_ms=600))
+                           batching=BatchingConfig(max_batch=64, max_queue_delay_ms=600, early_flush=False))
     request = pb.RecommendRequest(user_id="alice", domain="books", k=3)
     waiting = [running.stub.Recommend.future(request, timeout=TIMEOUT) for _ in range(2)]
     time.sleep(0.2)  # both wait in the batcher now

@@ -22,7 +22,7 @@ def test_serve_process_reloads_and_stops_on_sigterm(tmp_path, make_artifact, dom
     process = subprocess.Popen(
         [sys.executable, "-m", "recxfer.cli", "--log-format", "json", "serve",
          "--artifacts", str(tmp_path), "--address", "127.0.0.1:0", "--reload-interval", "0.1",
-         "--grace", "1"],
+         "--grace", "1", "--processes", "1"],  # one process (test_multiprocess.py: several)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

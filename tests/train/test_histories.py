@@ -83,7 +83,7 @@ def test_rows_are_every_training_row_in_global_positions(train) -> None:
     for d_idx, d in enumerate(DOMAINS):
         part = train[train["domain"] == d]
         user_pos, item_pos = index.rows[d]
-        assert user_pos.dtype == np.int64 and item_pos.dtype == np.int64
+        assert user_pos.dtype == np.int32 and item_pos.dtype == np.int32  # int32 ids (issue 11)
         got = sorted(zip(index.users.to_ids(user_pos),
                          index.items[d].to_ids(item_pos - index.offsets[d_idx])))
         assert got == sorted(zip(part["user_id"], part["item_id"]))
