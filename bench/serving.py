@@ -37,6 +37,15 @@ duration * 3`` seconds, plus the slowest call of each gRPC measurement (up to
 
     python bench/serving.py --items 20000 --users 2000 --duration 0.5 --rounds 2 \
         --concurrency 1,8 --out /tmp/serving_quick.json
+
+Without faiss (or with ``--exact-index``) the artifact carries no faiss index
+(``Flat`` only) and the server searches with torch exact top-k (with
+``--index-device cuda`` too where faiss has no GPU build); the "raw"
+baseline is then that same index (``recxfer.index.load_index``) searched in this
+process on the same device (``raw_backend`` in the JSON). On a GPU host::
+
+    python bench/serving.py --items 1000000 --index-device cuda --exact-index \
+        --processes 2 --rounds 1 --duration 2 --out gpu_out/serving_1m.json
 """
 
 from __future__ import annotations
@@ -61,7 +70,7 @@ import grpc
 import numpy as np
 
 from recxfer.artifacts import index_file, publish, save_domain, write_artifact
-from recxfer.index import FaissIndex, faiss_gpu_count
+from recxfer.index import FaissIndex, faiss_available, faiss_gpu_count, load_index
 from recxfer.types import DomainEmbeddings, SeenItems
 from recxfer.v1 import recommender_pb2 as pb
 from recxfer.v1 import recommender_pb2_grpc
@@ -89,14 +98,16 @@ def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, np.ndarr
     )
     with write_artifact(root, config={"bench": vars(args)}, data_fingerprint="bench") as builder:
         save_domain(builder.path, emb)
-        FaissIndex.build(items, args.factory, use_gpu=False, params=args.params).save(
-            builder.path / index_file(DOMAIN)
-        )
+        file = None  # no index file: the server searches exactly (torch)
+        if faiss_available() and not args.exact_index:
+            FaissIndex.build(items, args.factory, use_gpu=False, params=args.params).save(
+                builder.path / index_file(DOMAIN)
+            )
+            file = index_file(DOMAIN)
         builder.extra["domains"] = {
             DOMAIN: {
                 "role": "target", "users": args.users, "items": args.items, "dim": args.dim,
-                "index": {"factory": args.factory, "params": args.params,
-                          "file": index_file(DOMAIN)},
+                "index": {"factory": args.factory, "params": args.params, "file": file},
             }
         }
     assert builder.artifact is not None
@@ -110,13 +121,40 @@ def percentiles(latencies_s: list[float]) -> dict[str, float]:
             "mean_ms": float(ms.mean())}
 
 
-def _raw_loop(index: Any, users: np.ndarray, size: int, k: int, duration: float,
+class RawIndex:
+    """The in-process baseline: the artifact's faiss index read with faiss (CPU),
+    or, without faiss or with ``--index-device cuda``, the index the server
+    loads (``load_index``: torch exact top-k on that device)."""
+
+    def __init__(self, artifact: Path, args: argparse.Namespace) -> None:
+        path = artifact / index_file(DOMAIN)
+        if faiss_available() and args.index_device != "cuda" and path.exists():
+            import faiss
+
+            self.backend = "faiss CPU"
+            self._index = faiss.read_index(str(path))
+            self._faiss = faiss
+        else:
+            index = load_index(None, "Flat", np.load(artifact / "domains" / DOMAIN / "item_emb.npy"),
+                               device=args.index_device)
+            self.backend = f"recxfer ExactIndex (torch, {index.device})"
+            self._index = index
+            self._faiss = None
+
+    def search(self, queries: np.ndarray, k: int) -> Any:
+        return self._index.search(queries, k)
+
+    def set_threads(self, n: int) -> None:
+        """faiss OpenMP threads of the calling thread (torch: left as they are)."""
+        if self._faiss is not None:
+            self._faiss.omp_set_num_threads(n)
+
+
+def _raw_loop(index: RawIndex, users: np.ndarray, size: int, k: int, duration: float,
               threads: int, seed: int) -> tuple[list[float], int]:
     """Search batches of ``size`` back to back for ``duration`` s with ``threads``
     OpenMP threads (set in the calling thread); returns latencies and queries."""
-    import faiss
-
-    faiss.omp_set_num_threads(threads)
+    index.set_threads(threads)
     rng = np.random.default_rng(seed)
     index.search(users[:size], k)  # warm-up
     latencies, queries = [], 0
@@ -130,14 +168,11 @@ def _raw_loop(index: Any, users: np.ndarray, size: int, k: int, duration: float,
     return latencies, queries
 
 
-def bench_raw(index_path: Path, users: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def bench_raw(index: RawIndex, users: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     """In-process ``faiss.Index.search`` throughput, batched and single-query, three
     ways: one caller with faiss's default threads (all cores), one caller with 1
     thread, and one caller per core with 1 thread each (faiss releases the GIL).
     The best of the three is the baseline."""
-    import faiss
-
-    index = faiss.read_index(str(index_path))
     cores = os.cpu_count() or 1
     out: dict[str, Any] = {}
     for name, size in (("batch", args.batch), ("unary", 1)):
@@ -163,27 +198,28 @@ def bench_raw(index_path: Path, users: np.ndarray, args: argparse.Namespace) -> 
                 "qps": sum(q for _, q in results) / elapsed, "calls": len(latencies),
                 **percentiles(latencies),
             }
-    faiss.omp_set_num_threads(cores)
+    index.set_threads(cores)
     for name in ("batch", "unary"):
         best = max((k for k in out if k.startswith(f"{name}:")), key=lambda k: out[k]["qps"])
         out[name] = {"how": best.split(": ", 1)[1], **out[best]}
     return out
 
 
-def breakdown(artifact: Path, users: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def breakdown(artifact: Path, raw: RawIndex, users: np.ndarray,
+              args: argparse.Namespace) -> dict[str, Any]:
     """Where a BatchRecommend's server time goes, measured in-process on one thread
     (no gRPC, no competing load generator): the faiss search alone, the model's
     search (id lookup, seen-item exclusion, over-fetch), building the response
     and serialising it. Each figure is the minimum of repeated runs, which is
     robust to other jobs on a shared host."""
-    import faiss
-
     from recxfer.serve import RecommendQuery, ServingModel
     from recxfer.serve.servicer import RecommenderServicer
 
-    faiss.omp_set_num_threads(1)
-    model = ServingModel.from_artifact(artifact, device="cpu")
-    faiss_index = faiss.read_index(str(artifact / index_file(DOMAIN)))
+    raw.set_threads(1)
+    model = ServingModel.from_artifact(
+        artifact, device="cuda" if args.index_device == "cuda" else "cpu"
+    )
+    faiss_index = raw
     rng = np.random.default_rng(2)
     rows = rng.integers(0, len(users), args.batch)
     queries = [RecommendQuery(f"u{r}", DOMAIN, args.k) for r in rows]
@@ -213,7 +249,7 @@ def breakdown(artifact: Path, users: np.ndarray, args: argparse.Namespace) -> di
             step()
             times.append(time.perf_counter() - t0)
         out[f"{name}_ms"] = round(min(times) * 1000, 3)
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    raw.set_threads(os.cpu_count() or 1)
     server_ms = out["model_search_ms"] + out["build_response_ms"] + out["serialize_ms"]
     out["server_batch_vs_faiss_time"] = round(server_ms / out["faiss_search_ms"], 3)
     out["server_unary_vs_faiss_time"] = round(
@@ -231,6 +267,8 @@ def start_server(root: Path, args: argparse.Namespace) -> tuple[subprocess.Popen
         # Admit every call the load generator keeps in flight (the default queue is 64).
         "--max-concurrent-rpcs", str(max([64] + [int(c) for c in args.concurrency.split(",")])),
     ]
+    if args.processes:
+        command += ["--processes", str(args.processes)]
     if args.serve_config:  # e.g. {"batching": {"enabled": false}} (flags above still win)
         command += ["--serve-config", args.serve_config]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -297,11 +335,18 @@ def device_info(args: argparse.Namespace) -> str:
     try:
         import torch
 
-        if torch.cuda.is_available() and args.index_device == "auto":
+        if torch.cuda.is_available() and args.index_device in ("auto", "cuda"):
             cuda = f", torch CUDA {torch.cuda.get_device_name(0)}"
     except ImportError:  # pragma: no cover
         pass
-    where = f"faiss GPU x{gpus}" if gpus and args.index_device == "auto" else "faiss CPU"
+    if not faiss_available() or args.exact_index:
+        where = "torch exact top-k" + ("" if faiss_available() else " (no faiss)")
+    elif gpus and args.index_device != "cpu":
+        where = f"faiss GPU x{gpus}"
+    elif args.index_device == "cuda":
+        where = "faiss CPU build (torch exact top-k on CUDA)"
+    else:
+        where = "faiss CPU"
     return f"{where}{cuda}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
 
 
@@ -311,10 +356,10 @@ def spread(values: list[float], digits: int = 3) -> dict[str, Any]:
             "max": round(max(values), digits), "rounds": [round(v, digits) for v in values]}
 
 
-def run_round(number: int, index_path: Path, users: np.ndarray, address: str,
+def run_round(number: int, index: RawIndex, users: np.ndarray, address: str,
               concurrency: list[int], args: argparse.Namespace) -> dict[str, Any]:
     """One A B round: raw faiss, then gRPC at every mode and concurrency."""
-    raw = bench_raw(index_path, users, args)
+    raw = bench_raw(index, users, args)
     print(f"round {number}: raw faiss batch {raw['batch']['qps']:.0f} q/s, "
           f"unary {raw['unary']['qps']:.0f} q/s", flush=True)
     runs = []
@@ -350,7 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factory", default="Flat", help="faiss index factory string")
     parser.add_argument("--params", default="", help="faiss search parameters, e.g. nprobe=16")
     parser.add_argument("--workers", type=int, default=8, help="server RPC threads")
-    parser.add_argument("--index-device", choices=["auto", "cpu"], default="auto")
+    parser.add_argument("--index-device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="recxfer serve --index-device; cuda: the raw baseline is the "
+                             "same torch CUDA index in-process")
+    parser.add_argument("--exact-index", action="store_true",
+                        help="write no faiss index (Flat only): the server and the raw baseline "
+                             "search with torch exact top-k (recxfer.index.ExactIndex)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="recxfer serve --processes (default: the server's, one per core)")
     parser.add_argument("--search-threads", type=int, default=1,
                         help="server threads per search (recxfer serve --search-threads)")
     parser.add_argument("--call-timeout", type=float, default=120.0, help="deadline per call, s")
@@ -364,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     concurrency = [int(c) for c in args.concurrency.split(",")]
+    if args.factory != "Flat" and (args.exact_index or not faiss_available()):
+        parser.error(f"--factory {args.factory}: needs faiss (without it, or with --exact-index, "
+                     "only Flat, searched exactly)")
 
     load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="recxfer-bench-"))
@@ -374,11 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         artifact, users = build_artifact(tmp, args)
         build_s = time.perf_counter() - t0
         print(f"artifact built in {build_s:.1f}s: {args.items} items, {args.factory}", flush=True)
-        costs = breakdown(artifact, users, args)
+        raw_index = RawIndex(artifact, args)
+        print(f"raw baseline: {raw_index.backend}", flush=True)
+        costs = breakdown(artifact, raw_index, users, args)
         print(f"in-process batch: faiss {costs['faiss_search_ms']} ms, model "
               f"{costs['model_search_ms']} ms, response {costs['build_response_ms']} ms", flush=True)
         recall = None
-        if args.factory != "Flat":
+        if args.factory != "Flat":  # a faiss index (checked above)
             from recxfer.index import index_recall
 
             recall = index_recall(FaissIndex.load(artifact / index_file(DOMAIN), args.factory,
@@ -390,8 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         process, address = start_server(tmp, args)
         load_s = time.perf_counter() - t0
         for number in range(args.rounds):
-            rounds.append(run_round(number, artifact / index_file(DOMAIN), users, address,
-                                    concurrency, args))
+            rounds.append(run_round(number, raw_index, users, address, concurrency, args))
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     finally:
@@ -420,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         "packed": args.packed,
         "rounds_run": args.rounds, "order": "interleaved: raw, gRPC, raw, gRPC, ...",
         "device": device_info(args),
+        "index_device": args.index_device, "server_processes": args.processes,
+        "exact_index": args.exact_index,
+        "raw_backend": raw_index.backend,
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
         "concurrency": concurrency,

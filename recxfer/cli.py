@@ -180,7 +180,8 @@ def _serve_until_signal(args: argparse.Namespace, artifact: Path | None, root: P
     except RuntimeError as exc:
         print(f"error: {exc} (is another server running there?)", file=sys.stderr)
         return EXIT_ERROR
-    loader = partial(ServingModel.from_artifact, device=config.index_device)
+    loader = partial(ServingModel.from_artifact, device=config.index_device,
+                     max_k=config.max_k, max_filter_ids=config.max_filter_ids)
     watcher = None
     try:
         if artifact is not None:
@@ -470,14 +471,14 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     if args.histories is not None and args.exclude_seen:
         raise ValueError("--exclude-seen: does not apply to --histories (RecommendFromHistory "
                          "excludes nothing: the users are new)")
-    if args.allow and args.deny:
-        raise ValueError("--allow and --deny: give one, not both")
-    item_filter = (ItemFilter(allow=tuple(args.allow.split(","))) if args.allow
-                   else ItemFilter(deny=tuple(args.deny.split(","))) if args.deny else None)
+    item_filter = (ItemFilter(allow=tuple(args.allow.split(",")) if args.allow else None,
+                              deny=tuple(args.deny.split(",")) if args.deny else ())
+                   if args.allow or args.deny else None)  # both: allowed and not denied
     users = read_user_ids(args.users) if args.users else None
     histories = read_histories(args.histories, args.source_domain) if args.histories else None
     path = Path(args.artifact) if args.artifact else Path(args.artifacts) / "current"
-    model = ServingModel.from_artifact(path, device=args.index_device)
+    model = ServingModel.from_artifact(path, device=args.index_device, max_k=args.k,
+                                       max_filter_ids=len(item_filter.deny) if item_filter else 0)
     common = dict(item_filter=item_filter, batch_size=args.batch_size,
                   skip_unknown=args.skip_unknown, max_k=max_k,
                   progress=not args.no_progress and sys.stderr.isatty())
@@ -720,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--shutdown-delay", type=float, metavar="S",
                        help="on SIGTERM, report NOT_SERVING this long before refusing calls "
                             f"(default {d.shutdown_delay_s})")
-        g.add_argument("--index-device", choices=["auto", "cpu"],
-                       help="auto: GPU when present (default); cpu: never")
+        g.add_argument("--index-device", choices=["auto", "cpu", "cuda"],
+                       help="auto: GPU when present (default); cpu: never; cuda: a GPU "
+                            "required (faiss GPU, else torch exact top-k on CUDA)")
         g.add_argument("--search-threads", type=int, metavar="N",
                        help="threads per index search (default 1: concurrent requests "
                             "already use the cores; 0: all cores)")
@@ -801,8 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="users per model call (default 1024)")
     p.add_argument("--max-k", type=int, metavar="N", help="largest k accepted (default 1000, "
                                                           "as the server)")
-    p.add_argument("--index-device", choices=["auto", "cpu"], default="auto",
-                   help="auto: GPU when present (default); cpu: never")
+    p.add_argument("--index-device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: GPU when present (default); cpu: never; cuda: a GPU "
+                        "required (faiss GPU, else torch exact top-k on CUDA)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown on stderr when it is a terminal)")
     threads_arg(p)

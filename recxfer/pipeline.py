@@ -43,6 +43,7 @@ from recxfer.data import (
     load_data_dir,
 )
 from recxfer.eval import DEFAULT_KS, evaluate_cold_start, evaluate_on_split, score_samples
+from recxfer.eval.cold_start import relevant_positions
 from recxfer.eval.protocol import full_ranking_metrics_scores
 from recxfer.eval.report import metric_columns, restrict_to_ks
 from recxfer.index import FaissIndex, build_index, index_recall
@@ -320,20 +321,22 @@ def fit_transfers(
     """``train_transfers`` with what validation chose: ``target -> (transfer, info)``."""
     source = config.train.source
     out = {}
+    # validation users need a source history to be scored by the transfer
+    has_source = pd.Index(pd.unique(train["user_id"][(train["domain"] == source).to_numpy()]))
     for target in config.train.targets:
         rows = valid[target] if valid is not None and target in valid else None
         users = np.sort(rows["user_id"].unique()) if rows is not None and len(rows) else np.zeros(0, object)
-        # validation users need a source history to be scored by the transfer
-        has_source = set(train.loc[train["domain"] == source, "user_id"])
-        users = np.array([u for u in users if u in has_source], dtype=object)
+        users = np.asarray(users, dtype=object)
+        users = users[has_source.get_indexer(pd.Index(users, dtype=object)) >= 0]
+        held: dict[str, Any] = {}  # the held-out positions, built once per catalogue
 
-        def validator(scores: np.ndarray, item_ids: np.ndarray, rows=rows, users=users) -> float:
-            groups = rows.groupby("user_id")["item_id"].unique().reindex(users)
-            index = pd.Index(item_ids)
-            relevant = [index.get_indexer(items)[index.get_indexer(items) >= 0] for items in groups]
-            n_rel = np.array([len(items) for items in groups])
-            metrics = full_ranking_metrics_scores(lambda r: scores[r], len(users), relevant,
-                                                  (10, 50), n_relevant=n_rel)
+        def validator(scores: np.ndarray, item_ids: np.ndarray, rows=rows, users=users,
+                      held=held) -> float:
+            if held.get("items") is not item_ids and not np.array_equal(held.get("items", ()), item_ids):
+                held["items"] = item_ids
+                held["relevant"], held["n_rel"] = relevant_positions(rows, users, item_ids)
+            metrics = full_ranking_metrics_scores(lambda r: scores[r], len(users), held["relevant"],
+                                                  (10, 50), n_relevant=held["n_rel"])
             return selection_objective(metrics)
 
         tgt = model.domains[target]

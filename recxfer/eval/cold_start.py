@@ -12,6 +12,24 @@ from recxfer.eval.scoring import domain_score_fn
 from recxfer.types import DomainEmbeddings, DomainTransfer
 
 
+def relevant_positions(
+    rows: pd.DataFrame, users: np.ndarray, item_ids: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per user of ``users`` (in order), the catalogue positions of their held-out
+    items (``rows``' distinct ``item_id``s, first-seen order, those outside
+    ``item_ids`` left out), and ``(n_users,)`` counts of their distinct held-out
+    items (the left-out ones included): one vectorised pass over the rows."""
+    pairs = rows[["user_id", "item_id"]].drop_duplicates()
+    owner = pd.Index(users, dtype=object).get_indexer(pairs["user_id"])  # (n_pairs,)
+    pos = pd.Index(item_ids).get_indexer(pairs["item_id"])
+    known = owner >= 0
+    n_rel = np.bincount(owner[known], minlength=len(users))
+    ok = known & (pos >= 0)
+    order = np.argsort(owner[ok], kind="stable")
+    split_at = np.cumsum(np.bincount(owner[ok], minlength=len(users)))[:-1]
+    return np.split(pos[ok][order].astype(np.int64), split_at), n_rel
+
+
 def evaluate_cold_start(
     emb: DomainEmbeddings, heldout: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS,
     transfer: DomainTransfer | None = None, source: DomainEmbeddings | None = None,
@@ -34,18 +52,14 @@ def evaluate_cold_start(
     """
     user_index = pd.Index(emb.user_ids)
     item_index = pd.Index(emb.item_ids)
-    groups = heldout.groupby("user_id")["item_id"].unique()
-    rows = user_index.get_indexer(groups.index)
+    users = np.sort(np.asarray(pd.unique(heldout["user_id"]), dtype=object))  # groupby order
+    rows = user_index.get_indexer(pd.Index(users, dtype=object))
     if (rows < 0).any():
-        missing = groups.index[rows < 0]
+        missing = users[rows < 0]
         raise ValueError(
             f"{emb.domain}: {len(missing)} held-out user(s) have no embedding, first {missing[0]!r}"
         )
-    relevant = []
-    for items in groups.to_numpy():
-        pos = item_index.get_indexer(items)
-        relevant.append(pos[pos >= 0].astype(np.int64))
-    n_relevant = np.array([len(items) for items in groups.to_numpy()])
+    relevant, n_relevant = relevant_positions(heldout, users, item_index)
     exclude = emb.seen.rows(rows)
     score = domain_score_fn(emb, transfer, source)
     model = full_ranking_metrics_scores(lambda r: score(rows[r]), len(rows), relevant, ks, exclude,

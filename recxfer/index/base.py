@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Sequence
-from typing import Protocol
+from typing import ContextManager, Protocol
 
 import numpy as np
 
@@ -49,6 +51,18 @@ def check_search_args(
     if exclude is not None and len(exclude) != queries.shape[0]:
         raise ValueError(f"exclude has {len(exclude)} rows for {queries.shape[0]} queries")
     return queries
+
+
+# The largest k (and IVF nprobe) one faiss GPU search takes (faiss's
+# GPU_MAX_SELECTION_K); beyond it the GPU search fails.
+FAISS_GPU_MAX_K = 2048
+
+
+def device_lock(on_device: bool) -> ContextManager[object]:
+    """What an index holds around each search: a ``threading.Lock`` when it lives
+    on a GPU (faiss GPU indexes are not thread-safe, and one device serves one
+    search at a time anyway), else a no-op, so CPU searches stay concurrent."""
+    return threading.Lock() if on_device else contextlib.nullcontext()
 
 
 _BROADCAST_BUDGET = 1 << 22  # comparisons done at once by drop_excluded (4 MiB of bools)

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from recxfer.index.base import check_search_args, drop_excluded, fetch_size
+from recxfer.index.base import (
+    FAISS_GPU_MAX_K,
+    ItemIndex,
+    check_search_args,
+    device_lock,
+    drop_excluded,
+    fetch_size,
+)
 from recxfer.types import SearchResult
 
 try:  # faiss comes as an extra (faiss-cpu / faiss-gpu)
@@ -59,6 +66,17 @@ class FaissIndex:
 
     Exclusion over-fetches ``k + max(len(excluded))`` candidates, so a row gets
     exactly ``k`` results whenever the catalogue has that many admissible items.
+
+    On a GPU: searches of one index are serialised by a lock (faiss GPU indexes
+    are not thread-safe); a search fetching more than ``FAISS_GPU_MAX_K``
+    candidates (faiss GPU's limit) goes to ``large_k_index`` when one is set
+    (``load_index`` sets the torch exact index when the serve limits can get
+    there), else to the CPU copy of the index, which has no such limit. An IVF
+    index whose ``nprobe`` exceeds the limit stays on CPU.
+
+    Attributes:
+        on_gpu: the index is searched on a GPU.
+        large_k_index: searched instead of the GPU index past ``FAISS_GPU_MAX_K``.
     """
 
     def __init__(self, index: "faiss.Index", factory: str, use_gpu: bool = False) -> None:
@@ -67,12 +85,19 @@ class FaissIndex:
         self.factory = factory
         self._cpu_index = index
         self._index = index
+        self.large_k_index: ItemIndex | None = None
         if use_gpu and faiss_gpu_count() > 0:
-            try:
-                self._index = faiss.index_cpu_to_all_gpus(index)
-            except RuntimeError as exc:  # e.g. HNSW has no GPU implementation
-                log.warning("faiss index %r stays on CPU: %s", factory, exc)
+            nprobe = _nprobe(index)
+            if nprobe > FAISS_GPU_MAX_K:
+                log.warning("faiss index %r stays on CPU: nprobe %d is over faiss GPU's limit "
+                            "of %d", factory, nprobe, FAISS_GPU_MAX_K)
+            else:
+                try:
+                    self._index = faiss.index_cpu_to_all_gpus(index)
+                except RuntimeError as exc:  # e.g. HNSW has no GPU implementation
+                    log.warning("faiss index %r stays on CPU: %s", factory, exc)
         self.on_gpu = self._index is not index
+        self._lock = device_lock(self.on_gpu)
 
     @classmethod
     def build(
@@ -139,5 +164,20 @@ class FaissIndex:
         if queries.shape[0] == 0:
             return SearchResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
         k_fetch = fetch_size(k, self.ntotal, exclude)
-        scores, idx = self._index.search(queries, k_fetch)  # (n, k_fetch) each
+        if self.on_gpu and k_fetch > FAISS_GPU_MAX_K:  # past what faiss GPU searches
+            if self.large_k_index is not None:
+                return self.large_k_index.search(queries, k, exclude)
+            scores, idx = self._cpu_index.search(queries, k_fetch)  # CPU: concurrent, no limit
+        else:
+            with self._lock:  # GPU: one search at a time; CPU: a no-op
+                scores, idx = self._index.search(queries, k_fetch)  # (n, k_fetch) each
         return drop_excluded(idx.astype(np.int64), scores, k, exclude)
+
+
+def _nprobe(index: "faiss.Index") -> int:
+    """The IVF ``nprobe`` of ``index`` (0 when it is not an IVF index)."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except (RuntimeError, AttributeError, TypeError):  # not an IVF index
+        return 0
+    return int(getattr(ivf, "nprobe", 0) or 0)

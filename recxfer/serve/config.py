@@ -98,8 +98,11 @@ class ServeConfig:
         shutdown_delay_s: on stop, time between reporting NOT_SERVING and refusing
             new calls, for load balancers to notice.
         grace_s: on stop, time granted to RPCs in flight.
-        index_device: ``"auto"`` (GPU when present) or ``"cpu"``; used by the
-            model loader (``ServingModel.from_artifact``).
+        index_device: ``"auto"`` (GPU when present), ``"cpu"`` or ``"cuda"`` (a
+            GPU required: faiss GPU, else torch exact top-k on CUDA); used by
+            the model loader (``ServingModel.from_artifact``, with ``max_k`` and
+            ``max_filter_ids``: searches past faiss GPU's k limit of 2048 go to
+            torch exact top-k on CUDA).
         search_threads: faiss threads per search in each RPC worker thread
             (``recxfer.index.set_search_threads``): 1 serves concurrent requests
             best; 0 is faiss's default (all cores).
@@ -143,5 +146,7 @@ class ServeConfig:
             raise ValueError("shutdown_delay_s and grace_s must be >= 0")
         if any(not t for t in self.auth_tokens):
             raise ValueError("auth_tokens: tokens must not be empty")
-        if self.index_device not in ("auto", "cpu"):
-            raise ValueError(f"index_device must be 'auto' or 'cpu', got {self.index_device!r}")
+        if self.index_device not in ("auto", "cpu", "cuda"):
+            raise ValueError(
+                f"index_device must be 'auto', 'cpu' or 'cuda', got {self.index_device!r}"
+            )

@@ -280,7 +280,8 @@ class ServingModel:
 
     @classmethod
     def from_artifact(
-        cls, path: str | Path, device: str = "auto", mmap: bool = True
+        cls, path: str | Path, device: str = "auto", mmap: bool = True, max_k: int = 1,
+        max_filter_ids: int = 0,
     ) -> "ServingModel":
         """Verify and load an artifact, then check it can answer.
 
@@ -293,11 +294,17 @@ class ServingModel:
         (``read_artifact(trust_marker=True)``); requests never re-read files.
 
         Args:
-            device: ``"auto"`` or ``"cpu"``.
+            device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (``load_index``).
             mmap: map the ``.npy`` arrays and the faiss index read-only from the
                 artifact's files (``np.memmap``, ``IO_FLAG_MMAP_IFC``) instead of
                 reading them into this process: server processes of one host then
                 share one copy in the page cache. The model never writes into them.
+            max_k, max_filter_ids: the serve limits (``ServeConfig``). A search
+                then fetches at most ``max_k`` + the longest seen list (or 1, the
+                query item) + ``max_filter_ids`` candidates: past faiss GPU's
+                limit (2048) such searches go to torch exact top-k on CUDA
+                (``load_index``), and the self-check searches at ``max_k`` and at
+                that worst case.
 
         Raises:
             ArtifactError: the artifact is missing, partial, corrupt, its index
@@ -308,34 +315,60 @@ class ServingModel:
         listed = artifact.manifest.get("domains")
         if not isinstance(listed, dict) or not listed:
             raise ArtifactError(f"{artifact.path}: manifest lists no servable 'domains'")
-        domains = {name: _load_domain(artifact, name, device, mmap) for name in listed}
+        domains = {name: _load_domain(artifact, name, device, mmap, max_k, max_filter_ids)
+                   for name in listed}
         model = cls(artifact.version, domains, HistoryEncoder.from_artifact(artifact),
                     _load_transfers(artifact, domains, mmap))
-        model.self_check(artifact.path)
+        model.self_check(artifact.path, max_k, max_filter_ids)
         log.info("loaded artifact %s (%s)%s", artifact.version, ", ".join(domains),
                  "".join(f"; transfer {t.source} -> {t.target}" for t in model.transfers.values()),
                  extra={"event": "artifact_loaded", "version": artifact.version})
         return model
 
-    def self_check(self, where: str | Path = "model") -> None:
-        """Each domain's index matches its tables and answers one query; each
-        transfer fits its two item tables, holds finite values and scores one
-        history.
+    def self_check(
+        self, where: str | Path = "model", max_k: int = 1, max_filter_ids: int = 0
+    ) -> None:
+        """Each domain's index matches its tables and answers one query at the
+        largest ``k`` served (``max_k``, at most the catalogue), then one that
+        fetches the most candidates a request can (``max_k`` + the longest
+        exclusion, see ``from_artifact``); each transfer fits its two item
+        tables, holds finite values and scores one history.
 
         Raises:
             ArtifactError: naming the domain (or transfer) and what disagrees.
         """
         for name, served in self.domains.items():
             emb = served.emb
-            if served.index.ntotal != len(emb.item_ids) or served.index.dim != emb.item_emb.shape[1]:
+            ntotal = served.index.ntotal
+            if ntotal != len(emb.item_ids) or served.index.dim != emb.item_emb.shape[1]:
                 raise ArtifactError(
-                    f"{where}: domain {name!r}: index holds {served.index.ntotal} items of dim "
+                    f"{where}: domain {name!r}: index holds {ntotal} items of dim "
                     f"{served.index.dim}, tables {len(emb.item_ids)} of dim {emb.item_emb.shape[1]}"
                 )
-            if len(emb.user_ids):
-                result = served.index.search(emb.user_emb[:1], 1)
-                if not 0 <= result.idx[0, 0] < served.index.ntotal:
-                    raise ArtifactError(f"{where}: domain {name!r}: the index returned no item")
+            if not len(emb.user_ids):
+                continue
+            k = max(1, min(max_k, ntotal))
+            n_excluded = min(_max_fetch(emb, max_k, max_filter_ids) - max_k, ntotal - 1)
+            exclude = np.arange(n_excluded, dtype=np.int64)
+            try:
+                result = served.index.search(emb.user_emb[:1], k)
+                # The worst case: k + the longest exclusion (past faiss GPU's limit?).
+                worst = served.index.search(emb.user_emb[:1], k, [exclude]) if n_excluded else None
+            except (RuntimeError, ValueError) as exc:  # e.g. a faiss GPU limit
+                raise ArtifactError(
+                    f"{where}: domain {name!r}: the index cannot search at k={k} with up to "
+                    f"{n_excluded} items excluded (serve max_k {max_k}, max_filter_ids "
+                    f"{max_filter_ids}): {exc}"
+                ) from exc
+            if not 0 <= result.idx[0, 0] < ntotal:
+                raise ArtifactError(f"{where}: domain {name!r}: the index returned no item")
+            if worst is not None and (
+                worst.idx.shape != (1, k) or np.isin(worst.idx[0], exclude).any()
+            ):
+                raise ArtifactError(
+                    f"{where}: domain {name!r}: a search at k={k} with {n_excluded} items "
+                    "excluded returned excluded items or the wrong shape"
+                )
         for target, transfer in self.transfers.items():
             _check_transfer(where, target, transfer, self.domains)
 
@@ -729,14 +762,25 @@ def _check_transfer(
         )
 
 
-def _load_domain(artifact: Artifact, name: str, device: str, mmap: bool = False) -> DomainServing:
+def _max_fetch(emb: DomainEmbeddings, max_k: int, max_filter_ids: int) -> int:
+    """The most candidates one search of ``emb``'s index may fetch under the serve
+    limits: ``max_k`` + the longest exclusion (a user's seen items, or the query
+    item of ``SimilarItems``, plus a deny-list)."""
+    seen = np.diff(np.asarray(emb.seen.indptr))
+    return max_k + max(int(seen.max(initial=0)), 1) + max_filter_ids
+
+
+def _load_domain(
+    artifact: Artifact, name: str, device: str, mmap: bool = False, max_k: int = 1,
+    max_filter_ids: int = 0,
+) -> DomainServing:
     emb = load_domain(artifact, name, mmap)
     meta = artifact.manifest["domains"][name].get("index") or {}
     file = meta.get("file")
     try:
         index = load_index(
             artifact.file(file) if file else None, meta.get("factory", "Flat"), emb.item_emb, device,
-            mmap,
+            mmap, max_fetch=_max_fetch(emb, max_k, max_filter_ids),
         )
     except RuntimeError as exc:  # faiss cannot read the index
         raise ArtifactError(f"{artifact.path}: domain {name!r}: index cannot be loaded: {exc}") from exc

@@ -35,6 +35,7 @@ from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.distributed import cleanup, gather_objects, init_distributed
 from recxfer.train.histories import build_multi_domain_index
 from recxfer.train.shared import SharedTrainConfig, train_shared
+from recxfer.train.shared_domains import export_user_embeddings
 from recxfer.transfer.shared import SharedModelConfig
 
 log = logging.getLogger("recxfer.train.ddp_main")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def _write_outputs(out, index, result, config, info, steps_by_rank, train_seconds) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = result.model
-    np.save(out / "user_emb.npy", model.export_users(index.history))
+    np.save(out / "user_emb.npy", export_user_embeddings(model, index))  # CSR, chunked
     (out / "user_ids.txt").write_text("\n".join(map(str, index.users.ids)) + "\n")
     for domain in index.domains:
         sl = index.domain_slice(domain)

@@ -277,13 +277,16 @@ def test_publish_uses_an_atomic_rename(tmp_path, monkeypatch) -> None:
     real_replace = os.replace
 
     def spy(src, dst):
-        assert os.readlink(tmp_path / CURRENT) == "v1"  # still the old target until the rename
+        if Path(dst).name == CURRENT:
+            assert os.readlink(tmp_path / CURRENT) == "v1"  # still the old target until the rename
         calls.append((Path(src).name, Path(dst).name))
         return real_replace(src, dst)
 
     monkeypatch.setattr(store.os, "replace", spy)
     publish(tmp_path, "v2")
-    assert len(calls) == 1 and calls[0][1] == CURRENT and calls[0][0].startswith(".")
+    to_current = [c for c in calls if c[1] == CURRENT]  # (the other: v2's .verified record)
+    assert len(to_current) == 1 and to_current[0][0].startswith(".")
+    assert all(c[1] in (CURRENT, store.VERIFIED) for c in calls)
 
 
 # ----------------------------------------------------------------------------- listing and pruning

@@ -206,3 +206,4 @@ def test_sparse_generator_draws_distinct_items_with_the_taste_structure() -> Non
     unique = generate(SyntheticConfig(n_users=50, seed=3, domains=domains, sparse=True,
                                       unique_titles=True))[1]
     assert unique["title"].is_unique
+

@@ -323,6 +323,22 @@ def test_cli_recommend_from_a_root(make_artifact, domains, tmp_path, capsys):
     assert_rows_equal_unary(read_out(out), {u: model.recommend(u, TGT, 4) for u in ("carol", "alice")})
 
 
+def test_cli_recommend_allow_and_deny_together(make_artifact, domains, tmp_path):
+    root = tmp_path / "root"
+    artifact = make_artifact(root, domains, version="r1")
+    publish(root, artifact.version)
+    model = ServingModel.from_artifact(root / "current")
+    first = [str(i) for i in model.recommend("alice", TGT, 6).item_ids]
+    allow, deny = first[:5], first[:2]  # allowed and not denied: first[2:5]
+    out = tmp_path / "recs.csv"
+    users = tmp_path / "users.txt"
+    users.write_text("alice\n")
+    code = main(["recommend", "--artifacts", str(root), "--domain", TGT, "--k", "3", "--users", str(users),
+                 "--allow", ",".join(allow), "--deny", ",".join(deny), "--out", str(out), "--no-progress"])
+    assert code == EXIT_OK
+    assert list(read_out(out)["item_id"]) == first[2:5]
+
+
 def test_cli_recommend_histories_and_errors(transfer_artifact, transfer_model, tmp_path, capsys):
     path = transfer_artifact.path
     histories = tmp_path / "h.csv"

@@ -271,3 +271,23 @@ def test_export_of_sampled_users_equals_the_full_export_rows(small) -> None:
         np.testing.assert_array_equal(part[d].item_popularity, full[d].item_popularity)
         for row, p in enumerate(pos):
             np.testing.assert_array_equal(part[d].seen.row(row), full[d].seen.row(p))
+
+
+def test_validation_exports_only_the_sampled_users(small) -> None:
+    from recxfer.train.shared_domains import SharedJobConfig, train_shared_cross_domain
+
+    train, _ = small
+    seen = []
+
+    def validator(domains) -> float:
+        seen.append({d: len(e.user_ids) for d, e in domains.items()})
+        return 0.0
+
+    job = SharedJobConfig(SharedTrainConfig(model=SharedModelConfig(dim=4), epochs=2, batch_size=64,
+                                            device="cpu"), use_text=False, val_users=5)
+    books_users = np.sort(train.loc[train["domain"] == "books", "user_id"].unique())[:12]
+    model = train_shared_cross_domain(train, "video", ("books",), job, validator=validator,
+                                      validation_users={"books": books_users})
+    assert seen == [{"video": 5, "books": 5}] * 2  # a seeded sample, every epoch the same
+    assert len(model.domains["books"].user_ids) == train["user_id"].nunique()  # the export: all
+    assert len(model.seconds_per_epoch) == 2
