@@ -14,6 +14,10 @@ publish, and opening the artifact for serving. Writes ``SIZE.json`` per size and
 ``scale.json`` (all sizes, the load average, the growth of epoch time against
 rows) under ``--out`` (default ``bench/results/scale``), and ``scale.png``.
 
+``--probe-steps N`` measures the epoch cost alone, at any size in minutes: ``N``
+training steps of the default config per size (``probe-SIZE.json``, ``probe.json``
+with the growth of the estimated epoch against rows).
+
 Sizes (users; items video/books/music; ~interactions): ``small`` 6,250; 10,792;
 0.2M. ``medium`` 50,000; 86,335; 1.6M (the issue's data). ``large`` 200,000;
 345,340; 6.5M.
@@ -233,6 +237,68 @@ def run_one(size: str, args: argparse.Namespace) -> dict:
     return record
 
 
+def probe_one(size: str, args: argparse.Namespace) -> dict:
+    """The epoch cost alone: ``--probe-steps`` training steps of the default config
+    on the size's rows (random text embeddings of MiniLM's width instead of the
+    encoder, which ``run_one`` times), with the distinct items each step projects."""
+    from recxfer.runtime import limit_threads, set_env_defaults
+
+    set_env_defaults()
+    threads = limit_threads(args.threads)
+    import numpy as np
+    import torch
+
+    from recxfer.data.dataset import load_data_dir
+    from recxfer.encoders.text import TEXT_DIM, TextTower
+    from recxfer.pipeline import JobConfig
+    from recxfer.train.histories import build_multi_domain_index
+    from recxfer.train.shared import train_shared
+
+    data_dir = Path(args.work) / size / "data"
+    shape = write_data(size, data_dir, args.seed)
+    config = JobConfig()
+    domains = tuple(config.domains)
+    data = load_data_dir(data_dir, domains)
+    start = time.perf_counter()
+    index = build_multi_domain_index(data.interactions, domains, config.shared.train.max_history,
+                                     config.shared.train.seed)
+    index_s = time.perf_counter() - start
+    train = dataclasses.replace(config.shared.train, epochs=1)
+    rng = np.random.default_rng(0)
+    steps_per_epoch = sum(-(-len(index.rows[d][0]) // train.batch_size) for d in domains)
+    share = min(1.0, args.probe_steps / steps_per_epoch)
+    rows = {}
+    for d in domains:  # the same share of every domain's rows: steps like an epoch's
+        u, i = index.rows[d]
+        pick = np.sort(rng.choice(len(u), max(1, int(round(share * len(u)))), replace=False))
+        rows[d] = (u[pick], i[pick])
+    sample = dataclasses.replace(index, rows=rows)
+    n_steps = sum(-(-len(rows[d][0]) // train.batch_size) for d in domains)
+    text = rng.standard_normal((index.n_items_total, TEXT_DIM)).astype(np.float32)
+    touched: list[int] = []
+    original = TextTower.forward
+
+    def counting(self, item_idx):
+        if torch.is_grad_enabled():
+            touched.append(int(item_idx.numel()))
+        return original(self, item_idx)
+
+    TextTower.forward = counting
+    try:
+        result = train_shared(sample, domains[0], domains[1:], train, None, text)
+    finally:
+        TextTower.forward = original
+    per_step = result.seconds_per_epoch[0] / n_steps
+    lengths = index.lengths.sum(1)
+    return {"size": size, **shape, "threads": threads, "index_s": index_s,
+            "steps_timed": n_steps, "sec_per_step": per_step, "steps_per_epoch": steps_per_epoch,
+            "epoch_estimate_s": per_step * steps_per_epoch,
+            "distinct_items_per_step": float(np.mean(touched)),
+            "history_entries_per_user": float(lengths.mean()),
+            "peak_rss_gb": round(_rss_gb()[1], 3),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def summarise(records: list[dict]) -> dict:
     """Goals and the growth of epoch time against rows between consecutive sizes."""
     records = sorted(records, key=lambda r: r["interactions"])
@@ -257,7 +323,7 @@ def _median(values: list[float]) -> float:
     return values[len(values) // 2] if values else float("nan")
 
 
-def plot(records: list[dict], path: Path) -> None:
+def plot(records: list[dict], path: Path, probes: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,10 +339,17 @@ def plot(records: list[dict], path: Path) -> None:
     left.plot(rows, [_median(r["epoch_seconds"]) for r in records], marker="s", linestyle="--",
               color="black", label="one epoch (median)")
     left.plot(rows, [r["job_seconds"] for r in records], marker="^", color="grey", label="job total")
+    if probes:  # the epoch cost alone, every size (--probe-steps)
+        probes = sorted(probes, key=lambda r: r["interactions"])
+        left.plot([r["interactions"] for r in probes], [r["epoch_estimate_s"] for r in probes],
+                  marker="x", linestyle=":", color="black", label="one epoch (probe, est.)")
     left.set(xscale="log", yscale="log", xlabel="interactions", ylabel="seconds",
              title="seconds per stage")
     left.legend(fontsize=7)
-    right.plot(rows, [r["peak_rss_gb"] for r in records], marker="o")
+    right.plot(rows, [r["peak_rss_gb"] for r in records], marker="o", label="job")
+    if probes:
+        right.plot([r["interactions"] for r in probes], [r["peak_rss_gb"] for r in probes],
+                   marker="x", linestyle=":", color="black", label="training only (probe)")
     right.axhline(GOAL_RSS_GB, color="red", linestyle=":", label=f"goal {GOAL_RSS_GB:g} GB")
     right.set(xscale="log", xlabel="interactions", ylabel="GB", title="peak RSS")
     right.legend(fontsize=7)
@@ -298,14 +371,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=None, help="override the job's epochs")
     parser.add_argument("--profile", action="store_true", help="cProfile the training stage")
+    parser.add_argument("--probe-steps", type=int, default=0,
+                        help="instead of the job: time this many training steps per size "
+                             "(the epoch cost alone; writes probe-SIZE.json and probe.json)")
+    parser.add_argument("--replot", action="store_true",
+                        help="run nothing: rebuild scale.json and scale.png from --out's JSON")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: one size
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one:
+        if args.probe_steps:
+            record = probe_one(args.one, args)
+            (args.out / f"probe-{args.one}.json").write_text(json.dumps(record, indent=2) + "\n")
+            return 0
         record = run_one(args.one, args)
         (args.out / f"{args.one}.json").write_text(json.dumps(record, indent=2) + "\n")
         return 0
-    for size in [s for s in args.sizes.split(",") if s]:
+    for size in [s for s in args.sizes.split(",") if s] if not args.replot else []:
         if size not in SIZES:
             parser.error(f"unknown size {size!r}; use {sorted(SIZES)}")
         cmd = [sys.executable, __file__, "--one", size, "--out", str(args.out), "--work",
@@ -313,14 +395,30 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--threads", str(args.threads)] if args.threads else []
         cmd += ["--epochs", str(args.epochs)] if args.epochs is not None else []
         cmd += ["--profile"] if args.profile else []
+        cmd += ["--probe-steps", str(args.probe_steps)] if args.probe_steps else []
         print(f"== {size}", flush=True)
         subprocess.run(cmd, check=True)
+    if args.probe_steps and not args.replot:
+        probes = sorted((json.loads(p.read_text()) for p in args.out.glob("probe-*.json")),
+                        key=lambda r: r["interactions"])
+        growth = [{"from": a["size"], "to": b["size"],
+                   "rows_ratio": round(b["interactions"] / a["interactions"], 3),
+                   "epoch_ratio": round(b["epoch_estimate_s"] / a["epoch_estimate_s"], 3),
+                   "excess": round(b["epoch_estimate_s"] / a["epoch_estimate_s"]
+                                   / (b["interactions"] / a["interactions"]), 3)}
+                  for a, b in zip(probes, probes[1:])]
+        (args.out / "probe.json").write_text(json.dumps({"sizes": probes, "growth": growth},
+                                                        indent=2) + "\n")
+        print(json.dumps(growth, indent=2))
+        return 0
     records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))
                if p.stem in SIZES]
+    probe_file = args.out / "probe.json"
+    probes = json.loads(probe_file.read_text())["sizes"] if probe_file.exists() else None
     summary = {"sizes": records, **summarise(records),
                "note": "shared host: see load_avg_* per size and per stage"}
     (args.out / "scale.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(records, args.out / "scale.png")
+    plot(records, args.out / "scale.png", probes)
     print(json.dumps({"growth": summary["growth"], "goals": summary["goals"]}, indent=2))
     return 0
 

@@ -318,7 +318,10 @@ def fit_transfers(
     train: pd.DataFrame, config: JobConfig, model: CrossDomainModel,
     valid: Mapping[str, pd.DataFrame] | None,
 ) -> dict[str, tuple[DomainTransfer, dict]]:
-    """``train_transfers`` with what validation chose: ``target -> (transfer, info)``."""
+    """``train_transfers`` with what validation chose: ``target -> (transfer, info)``.
+
+    Validation scores a seeded sample of at most ``config.shared.val_users`` of each
+    target's validation users (with a source history) at every grid point."""
     source = config.train.source
     out = {}
     # validation users need a source history to be scored by the transfer
@@ -328,6 +331,10 @@ def fit_transfers(
         users = np.sort(rows["user_id"].unique()) if rows is not None and len(rows) else np.zeros(0, object)
         users = np.asarray(users, dtype=object)
         users = users[has_source.get_indexer(pd.Index(users, dtype=object)) >= 0]
+        n_sample = config.shared.val_users  # the same seeded cap as the embeddings' validation
+        if n_sample and len(users) > n_sample:
+            rng = np.random.default_rng([config.shared.train.seed, 13])
+            users = np.sort(rng.choice(users, size=n_sample, replace=False))
         held: dict[str, Any] = {}  # the held-out positions, built once per catalogue
 
         def validator(scores: np.ndarray, item_ids: np.ndarray, rows=rows, users=users,

@@ -294,7 +294,9 @@ class TextTower(nn.Module):
         return int(self.text_emb.shape[0])
 
     def forward(self, item_idx: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(self.text_emb[item_idx]))  # (..., dim)
+        # index_select: the same rows as text_emb[item_idx], several times faster on CPU
+        rows = self.text_emb.index_select(0, item_idx.reshape(-1)).view(*item_idx.shape, -1)
+        return self.norm(self.proj(rows))  # (..., dim)
 
     def export(self) -> torch.Tensor:
         """The whole projected table on CPU: ``(n_items, dim)`` float32."""

@@ -158,7 +158,7 @@ class HistoryTensors:
         dom = torch.arange(k, device=dev)[None, :, None].expand(n, k, width_max)[valid]
         hist = torch.full((n, width), -1, dtype=torch.int64, device=dev)
         domain = torch.full((n, width), -1, dtype=torch.int64, device=dev)
-        hist[row, col] = self.indices[src].to(torch.int64)
+        hist[row, col] = self.indices.index_select(0, src).to(torch.int64)
         domain[row, col] = dom
         return hist, domain
 

@@ -43,6 +43,12 @@ class SharedModelConfig:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
 
 
+def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table[idx]`` for ``(...)`` row positions -> ``(..., dim)``, by ``index_select``
+    (several times faster than advanced indexing on CPU, forward and backward)."""
+    return table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[-1])
+
+
 class SharedTransferModel(nn.Module):
     """Item tower over all domains' items (id, plus text when given) and a shared
     history encoder for users."""
@@ -112,13 +118,13 @@ class SharedTransferModel(nn.Module):
         n_real, n_items = parts[0].numel(), items.numel()
         slot = torch.zeros(history.shape, dtype=torch.int64, device=history.device)
         slot[valid] = inverse[:n_real]  # pads point at row 0, masked out below
-        user_vec = self.user_encoder(table[slot], mask & valid)  # (B, dim)
-        item_vec = table[inverse[n_real : n_real + n_items]]  # (B, dim)
+        user_vec = self.user_encoder(_rows(table, slot), mask & valid)  # (B, dim)
+        item_vec = _rows(table, inverse[n_real : n_real + n_items])  # (B, dim)
         out = []
         if extra is not None:
             extra_slot = torch.zeros(extra.shape, dtype=torch.int64, device=extra.device)
             extra_slot[extra_valid] = inverse[n_real + n_items :]
-            extra_emb = table[extra_slot]  # (A, L, dim)
+            extra_emb = _rows(table, extra_slot)  # (A, L, dim)
             out = [self.user_encoder(extra_emb, m.expand_as(extra) & extra_valid) for m in extra_masks]
         return user_vec, item_vec, out
 
@@ -151,7 +157,7 @@ class SharedTransferModel(nn.Module):
     def users_from_table(self, table: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """``(n, L)`` histories (``-1`` pads) pooled over a precomputed ``item_table()``:
         ``(n, dim)``, no item projection."""
-        emb = table[history.clamp(min=0)]  # (n, L, dim)
+        emb = _rows(table, history.clamp(min=0))  # (n, L, dim)
         return self.user_encoder(emb, history >= 0)
 
     @torch.no_grad()

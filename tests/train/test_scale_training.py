@@ -291,3 +291,19 @@ def test_validation_exports_only_the_sampled_users(small) -> None:
     assert seen == [{"video": 5, "books": 5}] * 2  # a seeded sample, every epoch the same
     assert len(model.domains["books"].user_ids) == train["user_id"].nunique()  # the export: all
     assert len(model.seconds_per_epoch) == 2
+
+
+def test_fused_step_gives_the_id_table_one_gradient_row_per_distinct_item(small) -> None:
+    train, _ = small
+    index = build_multi_domain_index(train, DOMAINS, max_history=4)
+    model = SharedTransferModel(index.n_items_total, SharedModelConfig(dim=4))
+    model.set_sparse_grad(True)
+    tensors = HistoryTensors(index, torch.device("cpu"))
+    hist, _ = tensors.gather_compact(torch.arange(30))
+    items = torch.as_tensor(index.rows["video"][1][:30]).long()
+    user_vec, item_vec, _ = model.step_vectors(hist, hist != items[:, None], items)
+    (user_vec * item_vec).sum().backward()
+    rows = model.id_table().grad._indices()[0]  # what RowAdam(unique_rows=True) reads
+    assert len(torch.unique(rows)) == len(rows)
+    expected = torch.unique(torch.cat([hist[hist >= 0], items]))
+    assert torch.equal(torch.sort(rows).values, expected)
