@@ -161,6 +161,7 @@ def relevant_ranks(
     relevant: Sequence[np.ndarray],
     users: np.ndarray | None = None,
     seed: int = 0,
+    max_rank: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """1-based full-catalogue rank of every relevant item, ties broken at random.
 
@@ -170,6 +171,10 @@ def relevant_ranks(
             once, positions outside ``[0, n_items)`` are left out (misses).
         users: ``(n,)`` user row of each score row, which seeds its tie-break order
             (``tie_break_keys``); defaults to ``arange(n)``.
+        max_rank: when given, ranks above it are reported as ``inf`` and only items
+            scored at least a row's ``max_rank``-th largest score are ranked exactly
+            (one partition per row instead of a catalogue scan per relevant item):
+            metrics at ``k <= max_rank`` are unchanged, MRR is not available.
 
     Returns:
         ``(owner, item, rank)``, one entry per unique relevant pair, sorted by owner
@@ -189,6 +194,12 @@ def relevant_ranks(
     own = scores[owner, item]  # (P,)
     rank = np.full(len(owner), np.inf)
     ranked = np.flatnonzero(own > -np.inf)  # False for -inf and nan
+    if max_rank is not None:
+        if max_rank < 1:
+            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+        # an item below its row's max_rank-th largest score has max_rank items above it
+        threshold = _kth_largest(scores, max_rank)  # (n,)
+        ranked = ranked[own[ranked] >= threshold[owner[ranked]]]
     block = max(1, _PAIR_BUDGET // max(n_items, 1))
     for start in range(0, len(ranked), block):
         pick = ranked[start : start + block]  # (b,) pairs
@@ -214,7 +225,24 @@ def relevant_ranks(
             before = tie_break_keys(who[~dense][pair], other, seed) < own_key[~dense][pair]  # (t,)
             ahead[sparse] = np.bincount(pair, weights=before, minlength=len(sparse)).astype(np.int64)
         rank[pick] = 1 + above + ahead
+    if max_rank is not None:
+        rank[rank > max_rank] = np.inf
     return owner, item, rank
+
+
+def _kth_largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """``(n,)`` each row's ``k``-th largest rankable score (``nan`` counted as
+    ``-inf``); ``-inf`` for rows with fewer than ``k`` items."""
+    n, n_items = scores.shape
+    if k > n_items:
+        return np.full(n, -np.inf)
+    out = np.empty(n, dtype=np.float64)
+    block = max(1, _PAIR_BUDGET // max(n_items, 1))
+    for start in range(0, n, block):
+        rows = np.array(scores[start : start + block], dtype=np.float64)  # (b, I) copy
+        rows[np.isnan(rows)] = -np.inf
+        out[start : start + block] = np.partition(rows, n_items - k, axis=1)[:, n_items - k]
+    return out
 
 
 def rank_metrics(

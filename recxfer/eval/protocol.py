@@ -54,6 +54,7 @@ def full_ranking_metrics_scores(
     n_relevant: np.ndarray | None = None,
     seed: int = 0,
     chunk_size: int = CHUNK_USERS,
+    mrr: bool = True,
 ) -> dict[str, float]:
     """Mean recall@k, ndcg@k, hr@k (each ``k`` in ``ks``) and MRR over users, of any scorer.
 
@@ -73,6 +74,10 @@ def full_ranking_metrics_scores(
         n_relevant: ``(n_users,)`` counts including relevant items missing from the
             catalogue (they count as misses); defaults to ``len(unique(relevant[u]))``.
         seed: seeds the tie-break; same seed, same metrics.
+        mrr: ``False`` leaves MRR out, so only items within ``max(ks)`` of the top are
+            ranked exactly (``relevant_ranks(max_rank=...)``): the same ``@k`` metrics,
+            several times faster on catalogues where users have many relevant items
+            (the choice of validation searches).
 
     Returns:
         ``{"recall@10": ..., "ndcg@10": ..., "hr@10": ..., ..., "mrr": ..., "users": n}``;
@@ -98,9 +103,11 @@ def full_ranking_metrics_scores(
         n_items = scores.shape[1]
         if exclude is not None:
             _exclude(scores, exclude[start:stop])
-        owner, _, rank = relevant_ranks(scores, relevant[start:stop], rows, seed)
+        owner, _, rank = relevant_ranks(scores, relevant[start:stop], rows, seed,
+                                        max_rank=None if mrr else min(max(ks), n_items))
         for name, values in rank_metrics(owner, rank, n_rel[start:stop], ks, n_items).items():
-            parts.setdefault(name, []).append(values)
+            if mrr or name != "mrr":
+                parts.setdefault(name, []).append(values)
     result = {name: float(np.nanmean(np.concatenate(values))) for name, values in parts.items()}
     result["users"] = float(n_users)
     return result

@@ -364,3 +364,40 @@ def test_float64_and_integer_scores_are_ranked_as_given() -> None:
     c = full_ranking_metrics_scores(lambda rows: ints[rows], 20, relevant, (3,))
     d = full_ranking_metrics_scores(lambda rows: ints[rows].astype(np.float64), 20, relevant, (3,))
     assert c == d
+
+
+# ----------------------------------------------------------------------------- max_rank
+
+
+@pytest.mark.parametrize("max_rank", [1, 3, 10, 57, 500])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_relevant_ranks_with_max_rank_equal_the_naive_sort_up_to_it(shape: str, max_rank: int) -> None:
+    n_items, levels, zero_share = SHAPES[shape]
+    scores, relevant, exclude, _ = tied_problem(3, n_items=n_items, levels=levels, zero_share=zero_share)
+    masked = excluded_copy(scores, exclude)
+    owner, item, rank = relevant_ranks(masked, relevant, seed=3, max_rank=max_rank)
+    want = naive_ranks(scores, relevant, exclude, 3)
+    got: list[dict[int, float]] = [{} for _ in relevant]
+    for o, j, r in zip(owner, item, rank):
+        got[int(o)][int(j)] = float(r)
+    capped = [{j: (r if r <= max_rank else math.inf) for j, r in by_item.items()} for by_item in want]
+    assert got == capped
+    if max_rank >= 10:  # not vacuous: some relevant items are ranked exactly
+        assert any(r <= max_rank for by_item in got for r in by_item.values())
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_full_ranking_without_mrr_gives_the_same_at_k_metrics(shape: str) -> None:
+    n_items, levels, zero_share = SHAPES[shape]
+    scores, relevant, exclude, n_relevant = tied_problem(5, n_items=n_items, levels=levels, zero_share=zero_share)
+    ks = (1, 3, 10)
+    full = full_ranking_metrics_scores(lambda rows: scores[rows], len(relevant), relevant, ks, exclude, seed=5)
+    fast = full_ranking_metrics_scores(lambda rows: scores[rows], len(relevant), relevant, ks, exclude,
+                                       seed=5, mrr=False)
+    assert "mrr" not in fast
+    assert_metrics_close(fast, {name: value for name, value in full.items() if name != "mrr"})
+
+
+def test_max_rank_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_rank"):
+        relevant_ranks(np.zeros((1, 3)), [np.array([0])], max_rank=0)
