@@ -1,17 +1,30 @@
 """Where each domain's tables live inside an artifact, and how they are (de)serialised.
 
-Per domain ``D`` (no pickle anywhere: ``.npy`` loaded with ``allow_pickle=False``,
-ids as JSON lists of strings)::
+No pickle anywhere: ``.npy`` is loaded with ``allow_pickle=False``. Per domain ``D``
+(artifact format 2, ``store.FORMAT``)::
 
-    domains/D/user_ids.json      (n_users,) external ids
-    domains/D/user_emb.npy       (n_users, d) float32
-    domains/D/user_origin.npy    (n_users,) uint8: 0 warm, 1 transfer
-    domains/D/item_ids.json      (n_items,) external ids
-    domains/D/item_emb.npy       (n_items, d) float32
+    domains/D/tables.json         {"layout": 2, "tables": {name: artifact-relative path}}
+    domains/D/user_ids.npy        (n_users,) |S<w> UTF-8 external ids, sorted } an ``IdTable``
+    domains/D/user_ids_rows.npy   (n_users,) int64 row of each sorted id    }  (``ids.py``)
+    domains/D/user_ids_pos.npy    (n_users,) int64 sorted position of each row }
+    domains/D/user_emb.npy        (n_users, d) float32
+    domains/D/user_origin.npy     (n_users,) uint8: 0 warm, 1 transfer
+    domains/D/item_ids{,_rows,_pos}.npy   the item ``IdTable``
+    domains/D/item_emb.npy        (n_items, d) float32
     domains/D/item_popularity.npy (n_items,) int64
-    domains/D/seen_indptr.npy    (n_users + 1,) int64
-    domains/D/seen_indices.npy   (nnz,) int64
-    domains/D/index.faiss        optional, written by the index stage
+    domains/D/seen_indptr.npy     (n_users + 1,) int64
+    domains/D/seen_indices.npy    (nnz,) int64
+    domains/D/index.faiss         optional, written by the index stage
+
+``tables.json`` names the file of each table. The user table is stored once:
+``save_domain`` points ``user_ids*`` (and ``user_emb``) at an
+earlier domain's files when they hold the same ids (and the same embeddings)
+byte for byte, as the shared encoder exports them for every domain. Readers
+given one ``cache`` (``load_domain(..., cache=)``) then map each file once.
+
+Format 1 artifacts (ids as JSON lists of strings ``user_ids.json`` /
+``item_ids.json``, every table under its own domain, no ``tables.json``) are still
+read, their id tables built in memory.
 
 Per target ``T`` with an item-to-item transfer (``DomainTransfer``), aligned to the
 source's and the target's item tables::
@@ -26,15 +39,23 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from recxfer.artifacts.errors import ArtifactError
+from recxfer.artifacts.ids import SUFFIXES, IdTable
 from recxfer.artifacts.store import Artifact
 from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems, UserOrigin
 
 _DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ORIGINS = (UserOrigin.WARM.value, UserOrigin.TRANSFER.value)
+LAYOUT = 2  # the ``layout`` of tables.json (artifact format 2)
+TABLES = "tables.json"
+_ARRAYS = ("user_emb", "user_origin", "item_emb", "item_popularity", "seen_indptr", "seen_indices")
+_ID_TABLES = ("user_ids", "item_ids")
+# Every table a domain names in tables.json.
+TABLE_NAMES = (*(f"{t}{suffix}" for t in _ID_TABLES for suffix in SUFFIXES), *_ARRAYS)
 
 
 def domain_dir(domain: str) -> str:
@@ -53,68 +74,180 @@ def index_file(domain: str) -> str:
     return f"{domain_dir(domain)}/index.faiss"
 
 
+def _same_bytes(path: Path, array: np.ndarray) -> bool:
+    """Whether ``path`` (a ``.npy``) holds ``array`` exactly (dtype, shape, bytes)."""
+    try:
+        stored = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    if stored.dtype != array.dtype or stored.shape != array.shape:
+        return False
+    if not array.size:
+        return True
+    view = f"u{array.dtype.itemsize}" if array.dtype.itemsize in (1, 2, 4, 8) else None
+    a, b = np.ascontiguousarray(stored), np.ascontiguousarray(array)
+    if view is not None:
+        return bool(np.array_equal(a.view(view), b.view(view)))
+    return a.tobytes() == b.tobytes()
+
+
+def _earlier_tables(folder: Path, domain: str) -> list[dict[str, str]]:
+    """The ``tables`` of the domains already saved under ``folder`` (not ``domain``)."""
+    out = []
+    for file in sorted((folder / "domains").glob(f"*/{TABLES}")):
+        if file.parent.name == domain:
+            continue
+        try:
+            out.append(json.loads(file.read_text())["tables"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 def save_domain(folder: Path, emb: DomainEmbeddings) -> None:
-    """Write ``emb`` under ``folder/domains/<domain>/``."""
-    out = folder / domain_dir(emb.domain)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "user_ids.json").write_text(json.dumps([str(u) for u in emb.user_ids]))
-    (out / "item_ids.json").write_text(json.dumps([str(i) for i in emb.item_ids]))
+    """Write ``emb`` under ``folder/domains/<domain>/`` (the format-2 layout; the
+    user table shared with an earlier domain of ``folder`` when it is the same).
+
+    Raises:
+        ValueError: an unsafe domain name, or an id holding NUL.
+        ArtifactError: duplicate user or item ids.
+    """
+    base = domain_dir(emb.domain)
+    out = folder / base
+    users = IdTable.from_ids(_as_list(emb.user_ids), f"domain {emb.domain!r}: user_ids")
+    items = IdTable.from_ids(_as_list(emb.item_ids), f"domain {emb.domain!r}: item_ids")
     origin = np.array([_ORIGINS.index(str(o)) for o in emb.user_origin], dtype=np.uint8)
     arrays = {
         "user_emb": np.ascontiguousarray(emb.user_emb, dtype=np.float32),
         "user_origin": origin,
         "item_emb": np.ascontiguousarray(emb.item_emb, dtype=np.float32),
-        "item_popularity": emb.item_popularity.astype(np.int64),
-        "seen_indptr": emb.seen.indptr.astype(np.int64),
-        "seen_indices": emb.seen.indices.astype(np.int64),
+        "item_popularity": np.asarray(emb.item_popularity).astype(np.int64),
+        "seen_indptr": np.asarray(emb.seen.indptr).astype(np.int64),
+        "seen_indices": np.asarray(emb.seen.indices).astype(np.int64),
     }
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, str] = {}
+    user_tables = [f"user_ids{suffix}" for suffix in SUFFIXES]
+    for earlier in _earlier_tables(folder, emb.domain):
+        rels = [earlier.get(name) for name in user_tables]
+        if not all(isinstance(rel, str) for rel in rels):
+            continue
+        if all(_same_bytes(folder / rel, array) for rel, array in zip(rels, users.arrays())):
+            tables.update(zip(user_tables, rels))
+            emb_rel = earlier.get("user_emb")
+            if isinstance(emb_rel, str) and _same_bytes(folder / emb_rel, arrays["user_emb"]):
+                tables["user_emb"] = emb_rel
+            break
+    if "user_ids" not in tables:
+        for name in users.save(out, "user_ids"):
+            tables[name[: -len(".npy")]] = f"{base}/{name}"
+    for name in items.save(out, "item_ids"):
+        tables[name[: -len(".npy")]] = f"{base}/{name}"
     for name, array in arrays.items():
+        if name in tables:
+            continue
         np.save(out / f"{name}.npy", array, allow_pickle=False)
+        tables[name] = f"{base}/{name}.npy"
+    (out / TABLES).write_text(json.dumps(
+        {"layout": LAYOUT, "tables": {name: tables[name] for name in TABLE_NAMES}}, indent=1))
+
+
+def _as_list(ids: Any) -> list:
+    return ids.tolist() if hasattr(ids, "tolist") else list(ids)
 
 
 def _load_ids(path: Path) -> np.ndarray:
+    """A format-1 JSON list of string ids."""
     ids = json.loads(path.read_text())
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ArtifactError(f"{path}: expected a JSON list of string ids")
     return np.array(ids, dtype=object)
 
 
-def load_domain(artifact: Artifact, domain: str, mmap: bool = False) -> DomainEmbeddings:
+def _domain_tables(artifact: Artifact, domain: str) -> dict[str, str]:
+    """``table name -> relative path`` of a format-2 domain (its ``tables.json``).
+
+    Raises:
+        ArtifactError: no or a malformed ``tables.json``, or it names a file the
+            manifest does not list.
+    """
+    rel = f"{domain_dir(domain)}/{TABLES}"
+    path = artifact.file(rel)
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable: {exc}") from exc
+    if not isinstance(entry, dict) or entry.get("layout") != LAYOUT or not isinstance(entry.get("tables"), dict):
+        raise ArtifactError(f"{path}: expected {{'layout': {LAYOUT}, 'tables': {{...}}}}")
+    tables = entry["tables"]
+    missing = [t for t in TABLE_NAMES if not isinstance(tables.get(t), str)]
+    if missing:
+        raise ArtifactError(f"{path}: names no file for {missing}")
+    for name in TABLE_NAMES:
+        if not tables[name].endswith(".npy"):
+            raise ArtifactError(f"{path}: table {name!r} is not a .npy file: {tables[name]!r}")
+        artifact.file(tables[name])  # listed (so checksummed and inside the artifact)
+    return {name: tables[name] for name in TABLE_NAMES}
+
+
+def load_domain(
+    artifact: Artifact, domain: str, mmap: bool = False, id_tables: bool = False,
+    cache: dict[str, Any] | None = None,
+) -> DomainEmbeddings:
     """Read one domain's tables from a verified artifact.
 
     Args:
         mmap: map the ``.npy`` arrays read-only (``np.memmap``) instead of reading
             them: processes serving one artifact then share one copy in the page
             cache. Writing into them raises; callers that change them must copy.
+        id_tables: give ``user_ids``/``item_ids`` as ``IdTable`` (row -> id and
+            id -> row, mapped with ``mmap``; what serving uses) instead of ``(n,)``
+            object arrays of ``str``.
+        cache: artifact-relative path -> what was read from it, shared by the
+            calls of one load, so a table several domains point at is read (or
+            mapped) once and is one object.
 
     Raises:
-        ArtifactError: a file is missing or its content is inconsistent.
+        ArtifactError: a file is missing, truncated or its content is inconsistent
+            (naming the file or the domain).
     """
     base = domain_dir(domain)
+    cache = {} if cache is None else cache
+    legacy = artifact.manifest.get("format") == 1
     try:
-        arrays = {
-            name: _load_array(artifact.file(f"{base}/{name}.npy"), mmap)
-            for name in (
-                "user_emb", "user_origin", "item_emb", "item_popularity",
-                "seen_indptr", "seen_indices",
-            )
-        }
+        if legacy:
+            tables = {name: f"{base}/{name}.npy" for name in _ARRAYS}
+        else:
+            tables = _domain_tables(artifact, domain)
+        arrays = {name: _cached_array(artifact, tables[name], mmap, cache) for name in _ARRAYS}
         origin_codes = arrays["user_origin"]
         if origin_codes.dtype != np.uint8 or origin_codes.ndim != 1 or (
             origin_codes.size and origin_codes.max() >= len(_ORIGINS)
         ):
             raise ArtifactError(
-                f"{artifact.path}: {domain}: user_origin must be 1-d uint8 codes < {len(_ORIGINS)}"
+                f"{artifact.path}: domain {domain!r}: user_origin must be 1-d uint8 codes < {len(_ORIGINS)}"
             )
         for name in ("user_emb", "item_emb"):
             if arrays[name].ndim != 2 or arrays[name].dtype != np.float32:
-                raise ArtifactError(f"{artifact.path}: {domain}: {name} must be 2-d float32")
+                raise ArtifactError(f"{artifact.path}: domain {domain!r}: {name} must be 2-d float32")
+        ids: dict[str, Any] = {}
+        for name in _ID_TABLES:
+            if legacy:
+                rel = f"{base}/{name}.json"
+                if rel not in cache:
+                    cache[rel] = _load_ids(artifact.file(rel))
+                ids[name] = (_legacy_table(cache, rel, f"{artifact.path}: domain {domain!r}: {name}")
+                             if id_tables else cache[rel])
+            else:
+                table = _cached_table(artifact, [tables[f"{name}{suffix}"] for suffix in SUFFIXES],
+                                      mmap, cache)
+                ids[name] = table if id_tables else np.asarray(table)
         return DomainEmbeddings(
             domain=domain,
-            user_ids=_load_ids(artifact.file(f"{base}/user_ids.json")),
+            user_ids=ids["user_ids"],
             user_emb=arrays["user_emb"],
             user_origin=np.array(_ORIGINS, dtype=object)[origin_codes],
-            item_ids=_load_ids(artifact.file(f"{base}/item_ids.json")),
+            item_ids=ids["item_ids"],
             item_emb=arrays["item_emb"],
             seen=SeenItems(arrays["seen_indptr"], arrays["seen_indices"]),
             item_popularity=arrays["item_popularity"],
@@ -123,9 +256,41 @@ def load_domain(artifact: Artifact, domain: str, mmap: bool = False) -> DomainEm
         raise ArtifactError(f"{artifact.path}: domain {domain!r} cannot be loaded: {exc}") from exc
 
 
+def _cached_array(artifact: Artifact, rel: str, mmap: bool, cache: dict[str, Any]) -> np.ndarray:
+    if rel not in cache:
+        cache[rel] = _load_array(artifact.file(rel), mmap)
+    return cache[rel]
+
+
+def _cached_table(artifact: Artifact, rels: list[str], mmap: bool, cache: dict[str, Any]) -> IdTable:
+    key = "|".join(rels)
+    if key not in cache:
+        cache[key] = IdTable.load([artifact.file(rel) for rel in rels], mmap,
+                                  where=str(artifact.path / rels[0]))
+    return cache[key]
+
+
+def _legacy_table(cache: dict[str, Any], rel: str, where: str) -> IdTable:
+    key = f"{rel}|table"
+    if key not in cache:
+        try:
+            cache[key] = IdTable.from_ids(cache[rel].tolist(), where)
+        except ValueError as exc:  # an id holding NUL
+            raise ArtifactError(f"{where}: {exc}") from exc
+    return cache[key]
+
+
 def _load_array(path: Path, mmap: bool) -> np.ndarray:
-    """A ``.npy`` array, read or (``mmap``) mapped read-only."""
-    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    """A ``.npy`` array, read or (``mmap``) mapped read-only.
+
+    Raises:
+        ArtifactError: the file is not a plain ``.npy`` or holds fewer bytes than
+            its header says (truncated), naming it.
+    """
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ArtifactError(f"{path}: cannot be read as a .npy array: {exc}") from exc
 
 
 def transfer_dir(target: str) -> str:

@@ -2,7 +2,7 @@
 
 An artifact is a folder ``ROOT/<version>/`` holding files and ``manifest.json``::
 
-    {"format": 1, "version": ..., "created_at": ..., "config": {...},
+    {"format": 2, "version": ..., "created_at": ..., "config": {...},
      "data_fingerprint": ..., "metrics": {...},
      "files": {"relative/path": {"sha256": ..., "bytes": ...}, ...}}
 
@@ -21,13 +21,22 @@ ctime is older than the record's own ctime. Any write to a file after it was
 recorded sets its ctime to the filesystem's clock at that moment, no earlier than
 the record's, so a changed, replaced or copied file (new inode, new ctime) is
 hashed again; a record written in the same clock tick as a file is not trusted.
-``recxfer info --verify`` and every writer always hash.
+``recxfer info --verify`` and every writer always hash. Serving also records
+(``read_artifact(..., record=True)``): the first server process to open an
+artifact without a valid record (e.g. one copied to its host) hashes every file
+and writes the record, so later processes and reloads do not hash again. Writing
+it is best effort: a folder the server cannot write is hashed on every open.
+
+Formats: ``FORMAT`` 2 (``layout.py``: id tables as memory-mappable ``.npy``, a
+domain's ``tables.json``) is written; 1 (ids as JSON lists) is still read. Any
+other is refused, naming the manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import re
@@ -45,8 +54,11 @@ from recxfer.artifacts.errors import ArtifactError
 MANIFEST = "manifest.json"
 CURRENT = "current"
 VERIFIED = ".verified"  # the writers' verification record (see the module doc)
-_VERIFIED_TMP = ".verified.tmp"
-FORMAT = 1
+_VERIFIED_TMP = ".verified.tmp"  # prefix of a record being written (``.verified.tmp-<pid>-<hex>``)
+FORMAT = 2  # written
+FORMATS = (1, 2)  # read
+# Files hashed at once by one verification (hashlib releases the GIL).
+HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 _STAGING_PREFIX = ".staging-"
 _TRASH_PREFIX = ".trash-"
 
@@ -196,25 +208,32 @@ class ArtifactBuilder:
         _fsync_dir(self.path)
 
 
-def read_artifact(path: str | Path, *, trust_marker: bool = False) -> Artifact:
+def read_artifact(path: str | Path, *, trust_marker: bool = False, record: bool = False) -> Artifact:
     """Open and verify an artifact (a version folder or the ``current`` link).
 
     Args:
         trust_marker: skip the files' sha256 when the writers' verification record
             (``.verified``, see the module doc) shows they are unchanged since they
             were hashed; sizes, presence and unlisted files are checked either way.
+        record: when every file was hashed (no record, or one that no longer
+            matches) and all passed, write the record (best effort), so the next
+            ``trust_marker`` open does not hash again.
 
     Raises:
         ArtifactError: no manifest, unreadable manifest, unknown format, a listed
             file missing, of the wrong size or with the wrong sha256, or an
             unlisted file present.
     """
-    return _verify(Path(path), trust_marker)[0]
+    artifact, stats, manifest_sha = _verify(Path(path), trust_marker)
+    if record and stats is not None:
+        _write_record(artifact, stats, manifest_sha)
+    return artifact
 
 
-def _verify(path: Path, trust_marker: bool) -> tuple[Artifact, dict[str, list[int]] | None]:
+def _verify(path: Path, trust_marker: bool) -> tuple[Artifact, dict[str, list[int]] | None, str]:
     """``read_artifact``; also returns the files' stats taken before hashing them
-    (``None`` when the record was trusted and nothing was hashed)."""
+    (``None`` when the record was trusted and nothing was hashed) and the sha256
+    of the manifest bytes verified."""
     path = path.resolve()
     manifest_path = path / MANIFEST
     if not path.is_dir():
@@ -229,16 +248,21 @@ def _verify(path: Path, trust_marker: bool) -> tuple[Artifact, dict[str, list[in
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{manifest_path}: manifest is not a JSON object")
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{manifest_path}: unknown artifact format {manifest.get('format')!r}")
+    if manifest.get("format") not in FORMATS:
+        raise ArtifactError(
+            f"{manifest_path}: unknown artifact format {manifest.get('format')!r} "
+            f"(this version reads formats {', '.join(map(str, FORMATS))})"
+        )
     for key in ("version", "files"):
         if key not in manifest:
             raise ArtifactError(f"{manifest_path}: manifest lacks {key!r}")
     listed = manifest["files"]
     if not isinstance(listed, dict):
         raise ArtifactError(f"{manifest_path}: 'files' is not an object")
-    trusted = trust_marker and _record_matches(path, manifest_bytes, listed)
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    trusted = trust_marker and _record_matches(path, manifest_sha, listed)
     stats: dict[str, list[int]] = {MANIFEST: manifest_stat}
+    to_hash: list[tuple[str, Path, str]] = []
     for rel, meta in listed.items():
         rel_path = Path(rel)
         if rel_path.is_absolute() or ".." in rel_path.parts:
@@ -253,13 +277,25 @@ def _verify(path: Path, trust_marker: bool) -> tuple[Artifact, dict[str, list[in
             raise ArtifactError(
                 f"{path}: file {rel!r} has {stats[rel][0]} bytes, manifest says {meta['bytes']}"
             )
-        if not trusted and sha256_file(file) != meta["sha256"]:
-            raise ArtifactError(f"{path}: file {rel!r} fails its sha256 check (corrupt)")
+        if not trusted:
+            to_hash.append((rel, file, meta["sha256"]))
+    if to_hash:
+        # Biggest first, so the threads finish together; errors in manifest order.
+        by_size = sorted(to_hash, key=lambda entry: -stats[entry[0]][0])
+        with ThreadPoolExecutor(min(HASH_THREADS, len(by_size))) as pool:
+            digests = dict(zip((rel for rel, _, _ in by_size),
+                               pool.map(lambda entry: sha256_file(entry[1]), by_size)))
+        for rel, _, expected in to_hash:
+            if digests[rel] != expected:
+                raise ArtifactError(f"{path}: file {rel!r} fails its sha256 check (corrupt)")
     present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    unlisted = sorted(present - set(listed) - {MANIFEST, VERIFIED, _VERIFIED_TMP})
+    unlisted = sorted(
+        rel for rel in present - set(listed) - {MANIFEST, VERIFIED}
+        if not rel.startswith(_VERIFIED_TMP)
+    )
     if unlisted:
         raise ArtifactError(f"{path}: files not in the manifest: {unlisted[:5]}")
-    return Artifact(path, manifest), None if trusted else stats
+    return Artifact(path, manifest), None if trusted else stats, manifest_sha
 
 
 def _stat(file: Path) -> list[int]:
@@ -268,14 +304,14 @@ def _stat(file: Path) -> list[int]:
     return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _record_matches(path: Path, manifest_bytes: bytes, listed: dict[str, Any]) -> bool:
+def _record_matches(path: Path, manifest_sha: str, listed: dict[str, Any]) -> bool:
     """Whether ``path/.verified`` vouches for the files as they are now."""
     record_path = path / VERIFIED
     try:
         record_ctime = record_path.stat().st_ctime_ns
         record = json.loads(record_path.read_text())
         files = record["files"]
-        if record["manifest_sha256"] != hashlib.sha256(manifest_bytes).hexdigest():
+        if record["manifest_sha256"] != manifest_sha:
             return False
         if not isinstance(files, dict) or set(files) != {MANIFEST, *listed}:
             return False
@@ -290,17 +326,27 @@ def _record_matches(path: Path, manifest_bytes: bytes, listed: dict[str, Any]) -
 def _verify_and_record(path: Path) -> Artifact:
     """``read_artifact`` hashing every file, then (best effort: a folder this process
     cannot write is left as it is) write the verification record."""
-    artifact, stats = _verify(Path(path), trust_marker=False)
+    artifact, stats, manifest_sha = _verify(Path(path), trust_marker=False)
     assert stats is not None
-    record = {"manifest_sha256": hashlib.sha256((artifact.path / MANIFEST).read_bytes()).hexdigest(),
-              "files": stats}
-    tmp = artifact.path / _VERIFIED_TMP
+    _write_record(artifact, stats, manifest_sha)
+    return artifact
+
+
+def _write_record(artifact: Artifact, stats: dict[str, list[int]], manifest_sha: str) -> bool:
+    """Write ``artifact``'s verification record: the sha256 of the manifest bytes
+    verified and the files' ``stats`` taken before they were hashed; best effort
+    (False: the folder is not writable). A unique temporary name: several server
+    processes may record at once."""
+    record = {"manifest_sha256": manifest_sha, "files": stats}
+    tmp = artifact.path / f"{_VERIFIED_TMP}-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         tmp.write_text(json.dumps(record, sort_keys=True))
         os.replace(tmp, artifact.path / VERIFIED)
     except OSError:
-        tmp.unlink(missing_ok=True)
-    return artifact
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def publish(root: str | Path, version: str) -> Path:

@@ -1,4 +1,6 @@
-"""Per-domain tables inside an artifact: round trip and refusal of bad content."""
+"""Per-domain tables inside an artifact (format 2: ``.npy`` id tables, a domain's
+``tables.json``): round trip and refusal of bad content. Format 1 (JSON ids) is
+in ``test_layout_v1.py``, the id tables themselves in ``test_ids.py``."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from recxfer.artifacts import (
 from recxfer.types import DomainEmbeddings, SeenItems, UserOrigin
 
 FILES = {
-    "user_ids.json", "user_emb.npy", "user_origin.npy", "item_ids.json", "item_emb.npy",
-    "item_popularity.npy", "seen_indptr.npy", "seen_indices.npy",
+    "tables.json", "user_ids.npy", "user_ids_rows.npy", "user_ids_pos.npy", "user_emb.npy",
+    "user_origin.npy", "item_ids.npy", "item_ids_rows.npy", "item_ids_pos.npy", "item_emb.npy",
+    "item_popularity.npy",
+    "seen_indptr.npy", "seen_indices.npy",
 }
 
 
@@ -91,6 +95,16 @@ def test_missing_domain_refused(tmp_path) -> None:
         load_domain(read_artifact(tmp_path / "v1"), "movies")
 
 
+def _edit_tables(folder, layout: int = 2, drop: str | None = None, **paths: str) -> None:
+    """Rewrite ``folder/tables.json``: another ``layout``, a table left out, or
+    tables pointed elsewhere."""
+    entry = json.loads((folder / "tables.json").read_text())
+    entry["layout"] = layout
+    entry["tables"].update(paths)
+    entry["tables"].pop(drop, None)
+    (folder / "tables.json").write_text(json.dumps(entry))
+
+
 def sealed_with(tmp_path, edit) -> object:
     """An artifact holding ``books`` whose files were edited by hand before sealing."""
     with write_artifact(tmp_path, {}, "fp", version="v1") as builder:
@@ -104,11 +118,25 @@ def sealed_with(tmp_path, edit) -> object:
     [
         pytest.param(lambda d: np.save(d / "user_origin.npy", np.array([0, 1, 2, 0, 0, 1], np.uint8)), id="origin-2"),
         pytest.param(lambda d: np.save(d / "user_origin.npy", np.array([0, 1, 255, 0, 0, 1], np.uint8)), id="origin-255"),
-        pytest.param(lambda d: (d / "user_ids.json").write_text(json.dumps([1, 2, 3, 4, 5, 6])), id="int-user-ids"),
-        pytest.param(lambda d: (d / "item_ids.json").write_text(json.dumps(["a", None] + ["b"] * 7)), id="null-item-id"),
-        pytest.param(lambda d: (d / "user_ids.json").write_text(json.dumps({"0": "user-0"})), id="ids-dict"),
-        pytest.param(lambda d: (d / "user_ids.json").write_text('["user-0", '), id="ids-bad-json"),
-        pytest.param(lambda d: (d / "user_ids.json").write_text(json.dumps(["a", "b"])), id="ids-wrong-count"),
+        pytest.param(lambda d: np.save(d / "user_ids.npy", np.arange(6)), id="int-user-ids"),
+        pytest.param(lambda d: np.save(d / "item_ids.npy", np.array(["a"] * 9)), id="unicode-item-ids"),
+        pytest.param(lambda d: np.save(d / "user_ids.npy", np.array([b"a"] * 6)), id="duplicate-user-ids"),
+        pytest.param(lambda d: np.save(d / "user_ids.npy", np.array([b"a", b"b"])), id="ids-wrong-count"),
+        pytest.param(lambda d: np.save(d / "user_ids.npy", np.load(d / "user_ids.npy")[::-1].copy()),
+                     id="ids-unsorted"),
+        pytest.param(lambda d: np.save(d / "user_ids_pos.npy", np.array([0, 1, 2, 3, 4, 6])), id="pos-out-of-range"),
+        pytest.param(lambda d: np.save(d / "item_ids_rows.npy", np.zeros(9, np.int64)), id="rows-repeat"),
+        pytest.param(lambda d: np.save(d / "item_ids_rows.npy", np.arange(9, dtype=np.int32)), id="rows-int32"),
+        pytest.param(lambda d: np.save(d / "item_ids_pos.npy", np.roll(np.load(d / "item_ids_pos.npy"), 1)),
+                     id="pos-shifted"),
+        pytest.param(lambda d: (d / "tables.json").write_text('{"layout": 2, '), id="tables-bad-json"),
+        pytest.param(lambda d: (d / "tables.json").unlink(), id="tables-missing"),
+        pytest.param(lambda d: _edit_tables(d, layout=3), id="tables-unknown-layout"),
+        pytest.param(lambda d: _edit_tables(d, drop="item_emb"), id="tables-lacks-one"),
+        pytest.param(lambda d: _edit_tables(d, item_emb="domains/books/nowhere.npy"), id="tables-unlisted-file"),
+        pytest.param(lambda d: _edit_tables(d, item_emb="domains/books/tables.json"), id="tables-not-npy"),
+        pytest.param(lambda d: (d / "user_ids.npy").write_bytes((d / "user_ids.npy").read_bytes()[:-3]),
+                     id="ids-truncated"),
         pytest.param(lambda d: (d / "seen_indptr.npy").unlink(), id="missing-file"),
         pytest.param(lambda d: (d / "item_emb.npy").write_bytes(b"not numpy"), id="bad-npy"),
         pytest.param(
@@ -122,8 +150,9 @@ def sealed_with(tmp_path, edit) -> object:
 )
 def test_load_refuses_bad_content(tmp_path, edit) -> None:
     artifact = sealed_with(tmp_path, edit)
-    with pytest.raises(ArtifactError):
-        load_domain(artifact, "books")
+    for kwargs in ({}, {"mmap": True, "id_tables": True}):
+        with pytest.raises(ArtifactError, match=r"domains/books|'books'"):
+            load_domain(artifact, "books", **kwargs)
 
 
 def test_load_refuses_negative_origin_codes(tmp_path) -> None:

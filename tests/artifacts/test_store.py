@@ -54,7 +54,7 @@ def test_write_produces_version_folder_with_manifest(tmp_path) -> None:
     path = make(root, "v1")
     assert entries(root) == ["v1"]  # no staging folder left behind
     manifest = json.loads((path / MANIFEST).read_text())
-    assert manifest["format"] == 1
+    assert manifest["format"] == store.FORMAT == 2
     assert manifest["version"] == "v1"
     assert manifest["config"] == CONFIG
     assert manifest["data_fingerprint"] == FINGERPRINT
@@ -157,7 +157,7 @@ def undecodable_manifest(path: Path) -> None:
 
 def unknown_format(path: Path) -> None:
     manifest = json.loads((path / MANIFEST).read_text())
-    manifest["format"] = 2
+    manifest["format"] = 99  # (a future format: refused, naming what this version reads)
     (path / MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -190,7 +190,7 @@ def wrong_listed_size(path: Path) -> None:
         (remove_manifest, "partial"),
         (garbage_manifest, "unreadable"),
         (undecodable_manifest, "unreadable"),
-        (unknown_format, "format"),
+        (unknown_format, r"unknown artifact format 99 \(this version reads formats 1, 2\)"),
         (no_format, "format"),
         (no_files_key, "files"),
         (wrong_listed_size, "bytes"),

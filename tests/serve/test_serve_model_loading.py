@@ -53,7 +53,7 @@ def test_truncated_file_is_refused(tmp_path, domains, make_artifact):
 
 def test_missing_file_and_missing_manifest_are_refused(tmp_path, domains, make_artifact):
     artifact = make_artifact(tmp_path, domains, use_faiss=False)
-    (artifact.path / "domains/books/item_ids.json").unlink()
+    (artifact.path / "domains/books/item_ids.npy").unlink()
     with pytest.raises(ArtifactError, match="missing"):
         ServingModel.from_artifact(artifact.path)
     (artifact.path / MANIFEST).unlink()
