@@ -61,14 +61,27 @@ def _cmd_generate_samples(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _torchrun_follower() -> bool:
+    """Started by torchrun as a rank other than 0 (``RANK`` > 0): such a process
+    joins rank 0's training runs only (``recxfer.train.distributed.run_job``), so
+    it skips the pre-flight checks and writes nothing."""
+    return "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0").strip() not in ("", "0")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from recxfer.runtime import limit_threads
 
     limit_threads(args.threads)
     from recxfer.eval import markdown_table
     from recxfer.pipeline import load_config, train_evaluate_publish
+    from recxfer.train.distributed import Followed, run_job
 
-    result = train_evaluate_publish(args.data, args.artifacts, load_config(args.config))
+    config = load_config(args.config)
+    # under torchrun: rank 0 runs the job, the other ranks join its training runs
+    result = run_job(lambda: train_evaluate_publish(args.data, args.artifacts, config),
+                     config.shared.train.device)
+    if isinstance(result, Followed):
+        return result.exit_code
     print(markdown_table(result.results))
     print(f"\npublished {result.artifact.path} as {Path(args.artifacts) / 'current'}")
     print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in result.timings.items()))
@@ -502,18 +515,24 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from recxfer.runtime import check_bindable, check_writable_dir, limit_threads
 
-    # Before minutes of training: the address must bind and the root be writable.
-    check_bindable(args.address)
-    check_writable_dir(args.artifacts)
+    # Before minutes of training: the address must bind and the root be writable
+    # (rank 0's: under torchrun the other ranks only train, see _torchrun_follower).
+    if not _torchrun_follower():
+        check_bindable(args.address)
+        check_writable_dir(args.artifacts)
     limit_threads(args.threads)
     from recxfer.artifacts import load_domain
     from recxfer.eval import markdown_table
     from recxfer.pipeline import load_config, train_evaluate_publish
+    from recxfer.train.distributed import Followed, run_job
     from recxfer.types import UserOrigin
 
     config = load_config(args.config)
     serve_config = _serve_config(args)  # a bad --serve-config fails before training too
-    result = train_evaluate_publish(args.data, args.artifacts, config)
+    result = run_job(lambda: train_evaluate_publish(args.data, args.artifacts, config),
+                     config.shared.train.device)
+    if isinstance(result, Followed):  # torchrun's other ranks: rank 0 serves alone
+        return result.exit_code
     print("\ncold-start users, full ranking over each target catalogue:")
     print(markdown_table(result.results))
     target = config.train.targets[0]
@@ -564,8 +583,15 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
 
     limit_threads(args.threads)
     from recxfer.nightly import nightly_main
+    from recxfer.nightly.config import load_nightly_config
+    from recxfer.train.distributed import Followed, run_job
 
-    return nightly_main(args.data, args.artifacts, args.config, args.force)
+    try:  # the device the process group is made for; nightly_main reports a bad config
+        device = load_nightly_config(args.config).job.shared.train.device
+    except ValueError:
+        device = "auto"
+    code = run_job(lambda: nightly_main(args.data, args.artifacts, args.config, args.force), device)
+    return code.exit_code if isinstance(code, Followed) else code
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:

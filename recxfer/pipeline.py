@@ -48,6 +48,7 @@ from recxfer.eval.protocol import full_ranking_metrics_scores
 from recxfer.eval.report import metric_columns, restrict_to_ks
 from recxfer.index import FaissIndex, build_index, index_recall
 from recxfer.train import CrossDomainConfig, CrossDomainModel, MFConfig, train_cross_domain
+from recxfer.train.distributed import process_group_info
 from recxfer.train.shared import SharedTrainConfig
 from recxfer.train.shared_domains import (
     SharedCrossDomainModel,
@@ -343,7 +344,7 @@ def fit_transfers(
                 held["items"] = item_ids
                 held["relevant"], held["n_rel"] = relevant_positions(rows, users, item_ids)
             metrics = full_ranking_metrics_scores(lambda r: scores[r], len(users), held["relevant"],
-                                                  (10, 50), n_relevant=held["n_rel"])
+                                                  (10, 50), n_relevant=held["n_rel"], mrr=False)
             return selection_objective(metrics)
 
         tgt = model.domains[target]
@@ -488,7 +489,7 @@ def write_model_artifact(
     Args:
         metrics: stored as the manifest's ``metrics``.
         extra: more top-level manifest keys (besides ``domains``, ``device``,
-            ``epoch_losses``).
+            ``distributed``, ``epoch_losses``).
         add_files: called with the builder after the domains are written, to add
             files (e.g. a report) that the manifest then checksums like the others.
         version: the version name (a new sortable one by default).
@@ -539,6 +540,7 @@ def write_model_artifact(
         builder.metrics.update(metrics)
         builder.extra.update(
             {"domains": domains_meta, "device": model.device,
+             "distributed": process_group_info(),  # the processes that trained it (torchrun)
              "epoch_losses": (evaluated or model).epoch_losses,
              "user_encoder": _save_user_encoder(builder.path, model, config, evaluated),
              "transfer": {t: {"source": tr.source, "names": list(tr.scorer.names),
@@ -578,6 +580,9 @@ def train_evaluate_publish(
 ) -> JobResult:
     """Run the main job and publish the artifact as ``ROOT/current``, all under the
     root's lock (taken first, so a second writer fails before any work).
+
+    Under torchrun only rank 0 calls this (``recxfer.train.distributed.run_job``):
+    the other ranks join its training runs of the shared model and nothing else.
 
     Raises:
         LockHeldError: another job (``train``, ``run``, ``nightly``, ``rollback``)

@@ -11,16 +11,42 @@ The collective helpers (``barrier``, ``broadcast_floats``, ``all_reduce_sum``,
 ``broadcast_object``, ``broadcast_module_state``) are no-ops when the group is not
 initialised, so a training loop calls them unconditionally; when it is, every
 rank must call them in the same order.
+
+**One job over the ranks** (``run_job``; what ``recxfer train``, ``run`` and
+``nightly`` do under torchrun): rank 0 runs the whole job, exactly the code of a
+single process (reading the data, the lock, evaluation, the gate, the artifact,
+publishing), and the other ranks *follow*: they never read the data or touch the
+artifacts root, they wait for rank 0 to reach a training run and then make it
+with rank 0. Each data-parallel call rank 0 makes goes through
+``collective_call(fn, ...)``, which first sends ``(fn, args, kwargs)`` to the
+followers (a command key in the process group's store, then the arguments by
+``broadcast_object``) so that each calls ``fn`` with the same arguments: the same
+training index, text embeddings, warm start and config, hence the same sequence
+of collectives, by construction. Arguments only rank 0 may use (a validator over
+its held-out users, a checkpointer writing under the root) are passed as
+``rank0_only`` and stay there. When rank 0 is done it says so and every rank
+meets at a barrier; when it fails between runs (an exception, a lock held by
+another job) it says so without a barrier and the followers exit 1 at once. When
+it fails inside a run, the followers' collectives fail once its process exits
+(the connections close; leaving the group does not close gloo's), and torchrun's
+agent stops the other workers of a failed one anyway. A rank 0 that dies closes
+the store's connection; a rank 0 that hangs is waited for at most
+``RECXFER_DIST_WAIT_S`` seconds (default 6 hours) between two training runs;
+inside a run, the process group's timeout applies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gc
+import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,7 +54,17 @@ from torch import nn
 
 from recxfer.train.device import resolve_device
 
+log = logging.getLogger(__name__)
+
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+WAIT_ENV = "RECXFER_DIST_WAIT_S"  # how long a follower waits for rank 0's next command
+DEFAULT_WAIT_S = 6 * 3600
+_COMMAND_KEY = "recxfer/job/command/"  # + sequence number, in the process group's store
+
+T = TypeVar("T")
+
+# The store of the group ``init_distributed`` joined (commands of ``run_job``).
+_group_store: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -113,9 +149,13 @@ def init_distributed(
         torch.cuda.set_device(chosen)
     backend = backend or ("nccl" if chosen.type == "cuda" else "gloo")
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout
-        )
+        # What init_method="env://" does, keeping the store (torchrun's agent store
+        # when it hosts one) for run_job's commands.
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        store.set_timeout(timeout)
+        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
+                                world_size=world_size, timeout=timeout)
+        _group_store["store"] = store
     return DistInfo(rank, world_size, local_rank, chosen, dist.get_backend())
 
 
@@ -131,6 +171,25 @@ def cleanup() -> None:
         dist.barrier()
         gc.collect()
         dist.destroy_process_group()
+        _group_store.clear()
+
+
+def abandon() -> None:
+    """Leave the process group without meeting the other ranks (no-op when not
+    initialised): after a failure, when a peer may be inside another collective
+    or gone, so a barrier could wait for the group's whole timeout."""
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
+        _group_store.clear()
+
+
+def process_group_info() -> dict[str, Any]:
+    """``{"world_size": N, "backend": "gloo" | "nccl" | None}`` of this process
+    (``1``/``None`` without a process group): recorded in an artifact's manifest."""
+    if dist.is_initialized():
+        return {"world_size": dist.get_world_size(), "backend": str(dist.get_backend())}
+    return {"world_size": 1, "backend": None}
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -191,3 +250,203 @@ def gather_objects(value: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+# --------------------------------------------------------------------------- one job, many ranks
+
+
+@dataclass(frozen=True)
+class Followed:
+    """What a non-zero rank of ``run_job`` did.
+
+    Attributes:
+        calls: collective calls made with rank 0 (training runs).
+        ok: rank 0 finished its job (whatever its outcome); ``False``: it failed
+            or stopped answering, and ``reason`` says how.
+    """
+
+    calls: int
+    ok: bool
+    reason: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when rank 0 finished, else 1 (rank 0 reports the job's own outcome)."""
+        return 0 if self.ok else 1
+
+
+class _Leader:
+    """Rank 0's side of ``run_job``: numbered commands in the store."""
+
+    def __init__(self, store: Any, world_size: int) -> None:
+        self.store, self.world_size = store, world_size
+        self.sent = 0
+        self.broken = False  # a collective call failed: the followers are not listening
+
+    def send(self, kind: str, detail: str = "") -> None:
+        if self.world_size > 1:  # a one-process group has nobody to tell
+            self.store.set(f"{_COMMAND_KEY}{self.sent}", f"{kind}\n{detail}")
+        self.sent += 1
+
+
+_LEADER: contextvars.ContextVar[_Leader | None] = contextvars.ContextVar("recxfer_leader", default=None)
+
+
+def collective_call(
+    fn: Callable[..., T], /, *args: Any, rank0_only: Mapping[str, Any] | None = None, **kwargs: Any
+) -> T:
+    """``fn(*args, **kwargs, **rank0_only)``, a function every rank must call
+    together (e.g. ``train_shared``).
+
+    Inside ``run_job`` on rank 0, the followers are first sent ``fn`` (by
+    reference), ``args`` and ``kwargs`` (pickled, broadcast), and each calls
+    ``fn(*args, **kwargs)``: ``rank0_only`` arguments (a validator, a
+    checkpointer) are rank 0's alone; the function must accept their absence on
+    the other ranks. Elsewhere (one process, or ranks that all run the same code,
+    as in a plain DDP script) it is the plain call.
+    """
+    leader = _LEADER.get()
+    extra = dict(rank0_only or {})
+    if leader is None:
+        return fn(*args, **kwargs, **extra)
+    try:
+        leader.send("call", getattr(fn, "__qualname__", repr(fn)))
+        if leader.world_size > 1:
+            broadcast_object((fn, args, kwargs))
+        return fn(*args, **kwargs, **extra)
+    except BaseException:
+        leader.broken = True
+        raise
+
+
+def _store() -> Any:
+    store = _group_store.get("store")
+    if store is None:  # a group initialised elsewhere
+        from torch.distributed import distributed_c10d
+
+        store = distributed_c10d._get_default_store()
+    return store
+
+
+@contextlib.contextmanager
+def _lead(world_size: int) -> Iterator[_Leader]:
+    leader = _Leader(_store(), world_size)
+    token = _LEADER.set(leader)
+    try:
+        yield leader
+    except BaseException as exc:
+        leader.broken = True
+        with contextlib.suppress(Exception):  # the followers may be gone already
+            leader.send("abort", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        _LEADER.reset(token)
+    if leader.broken:  # a collective call failed and the job went on without it
+        with contextlib.suppress(Exception):
+            leader.send("abort", "a collective call failed on rank 0")
+    else:
+        leader.send("done")
+
+
+def wait_seconds() -> float:
+    """``RECXFER_DIST_WAIT_S`` (default 6 hours): how long a follower waits for
+    rank 0 between two training runs."""
+    value = os.environ.get(WAIT_ENV, "")
+    try:
+        seconds = float(value) if value else DEFAULT_WAIT_S
+    except ValueError:
+        raise ValueError(f"{WAIT_ENV}={value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise ValueError(f"{WAIT_ENV} must be > 0, got {value!r}")
+    return seconds
+
+
+@contextlib.contextmanager
+def _quiet_info() -> Iterator[None]:
+    """The package's INFO lines off (warnings and errors kept), this module's kept."""
+    package = logging.getLogger("recxfer")
+    before, own = package.level, log.level
+    log.setLevel(log.getEffectiveLevel())
+    package.setLevel(max(logging.WARNING, package.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        package.setLevel(before)
+        log.setLevel(own)
+
+
+def follow(wait_s: float | None = None) -> Followed:
+    """A non-zero rank's part of ``run_job``: make rank 0's collective calls with
+    it, in its order, until it is done or fails.
+
+    Args:
+        wait_s: the longest wait for rank 0's next command (``wait_seconds()``).
+    """
+    store = _store()
+    rank, world_size = rank_and_world()
+    limit = timedelta(seconds=wait_s if wait_s is not None else wait_seconds())
+    calls = 0
+    log.info("rank %d/%d: following rank 0 (it runs the job; this rank joins its training runs)",
+             rank, world_size)
+    while True:
+        key = f"{_COMMAND_KEY}{calls}"
+        try:
+            store.wait([key], limit)
+            kind, _, detail = store.get(key).decode().partition("\n")
+        except Exception as exc:  # noqa: BLE001 - a timeout, or the store's host is gone
+            log.error("rank %d: no word from rank 0 (%s): stopping", rank, exc)
+            return Followed(calls, False, f"rank 0 silent: {exc}")
+        calls += 1
+        if kind == "done":
+            log.info("rank %d: rank 0 is done after %d training run(s)", rank, calls - 1)
+            return Followed(calls - 1, True)
+        if kind == "abort":
+            log.error("rank %d: rank 0 failed (%s): stopping", rank, detail)
+            return Followed(calls - 1, False, detail)
+        start = time.perf_counter()
+        try:
+            fn, args, kwargs = broadcast_object(None)
+            with _quiet_info():  # rank 0 logs the run (epochs, warm start) for all
+                fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - rank 0 stopped inside the call
+            log.error("rank %d: %s with rank 0 failed: %s", rank, detail, exc)
+            return Followed(calls - 1, False, f"{detail}: {exc}")
+        log.info("rank %d: %s with rank 0 done in %.1f s", rank, detail, time.perf_counter() - start)
+
+
+def run_job(main: Callable[[], T], device: str = "auto", wait_s: float | None = None) -> T | Followed:
+    """Run an entry point's job once over the ranks torchrun started.
+
+    Without torchrun (no ``WORLD_SIZE``): ``main()``. Under it: every rank joins
+    the process group (``init_distributed(device)``); rank 0 runs ``main()``, whose
+    data-parallel calls (``collective_call``) the other ranks make with it (see
+    the module docstring), and the other ranks return a ``Followed`` when rank 0
+    is done. The group is left at the end (a barrier when all went well, none
+    after a failure).
+
+    Returns:
+        ``main()``'s result on rank 0 (and in one process), a ``Followed`` elsewhere.
+
+    Raises:
+        Whatever ``main()`` raises, on rank 0 (the followers are told first).
+    """
+    info = init_distributed(device)
+    if not info.initialized:
+        return main()
+    ok = False
+    try:
+        if info.is_main:
+            log.info("rank 0/%d (%s on %s) runs the job%s", info.world_size, info.backend, info.device,
+                     "; the other ranks join its training runs" if info.world_size > 1 else "")
+            with _lead(info.world_size) as leader:
+                result = main()
+            ok = not leader.broken
+            return result
+        followed = follow(wait_s)
+        ok = followed.ok
+        return followed
+    finally:
+        if ok:
+            cleanup()
+        else:
+            abandon()

@@ -15,6 +15,7 @@ import torch
 from recxfer.encoders.text import TextEmbeddingCache, TextEncoderConfig
 from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.cross_domain import CrossDomainModel
+from recxfer.train.distributed import collective_call
 from recxfer.train.histories import MultiDomainIndex, build_multi_domain_index
 from recxfer.train.shared import SharedTrainConfig, train_shared
 from recxfer.train.warm_start import ID_TABLE, SharedWarmStart, weights_of
@@ -145,9 +146,11 @@ def train_shared_cross_domain(
         meta = {"config": repr(config), "users": len(index.users), "items": index.n_items_total,
                 "domains": list(domains), "text": text_emb is not None}
         checkpointer = Checkpointer(Path(checkpoint_dir) / "shared", meta)
-    result = train_shared(index, source, targets, config.train,
-                          validate if validator is not None else None, text_emb, checkpointer,
-                          warm)
+    # Under ``run_job`` (torchrun), the other ranks make this call with rank 0; the
+    # validator and the checkpointer are rank 0's alone.
+    result = collective_call(train_shared, index, source, targets, config.train, text_emb=text_emb,
+                             warm=warm, rank0_only={"validate": validate if validator is not None else None,
+                                                    "checkpointer": checkpointer})
     encoder = result.model.user_encoder
     query = getattr(encoder, "query", None)
     keep = np.ones(index.n_items_total, dtype=bool)

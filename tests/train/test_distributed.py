@@ -1,5 +1,5 @@
 """Distributed data-parallel training of the shared model (recxfer/train/distributed.py,
-recxfer/train/shared.py, recxfer/train/ddp_main.py) on CPU with gloo.
+recxfer/train/shared.py) on CPU with gloo.
 
 One launch, ``torchrun --nproc_per_node=2 tests/train/ddp_worker.py`` (two real
 processes, gloo, one thread each), checked from its saved results:
@@ -7,9 +7,10 @@ processes, gloo, one thread each), checked from its saved results:
 * ``train_shared``: identical weights on both ranks, a falling loss, disjoint
   halves of every epoch's schedule, rank 0's validation deciding early stopping
   and the restored best epoch everywhere, checkpoints written (and read) by rank 0
-  only;
-* then the CLI entry ``recxfer.train.ddp_main.main`` in the same group: rank 0
-  writes the embeddings and the losses.
+  only.
+
+The commands under torchrun (``torchrun -m recxfer train``, ``nightly``; and the
+``recxfer.train.ddp_main`` alias) are tested in ``test_ddp_artifact.py``.
 
 In process: a one-process gloo group runs the DDP code path and must give exactly
 the single-process result; the schedule padding; the launcher's environment checks.
@@ -17,7 +18,6 @@ the single-process result; the schedule padding; the launcher's environment chec
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -32,7 +32,6 @@ import torch.distributed as dist
 
 from recxfer.data.synthetic import DomainSpec, SyntheticConfig, generate
 from recxfer.losses.alignment import AlignmentConfig
-from recxfer.train import ddp_main
 from recxfer.train.checkpoint import Checkpointer
 from recxfer.train.distributed import (
     DistInfo,
@@ -171,50 +170,6 @@ def test_checkpoints_are_written_and_read_by_rank_zero_only(two_ranks) -> None:
         assert r["again"]["resumed_from"] == 4 and r["again"]["steps"] == []
         assert r["again"]["val_scores"] == [1.0, 3.0, 2.0]
         assert_same_state(r["again"]["state"], r0["snapshots"][1])
-
-
-# --------------------------------------------------------------------------- the CLI
-CLI_ARGS = ["--targets", "books", "--epochs", "2", "--dim", "8", "--batch-size", "96",
-            "--lr", "0.02", "--threads", "1"]
-
-
-def test_ddp_main_writes_embeddings_and_losses_on_rank_zero(two_ranks) -> None:
-    out = two_ranks[2] / "cli"
-    report = json.loads((out / "train.json").read_text())
-    assert report["world_size"] == 2 and report["backend"] == "gloo"
-    losses = report["epoch_losses"]
-    assert len(losses) == 2 and losses[1] < losses[0], losses
-    steps = report["steps_by_rank"]  # [rank][epoch] -> schedule indices
-    assert len(steps) == 2 and len(steps[0]) == len(steps[1]) == 2
-    for s0, s1 in zip(*steps):
-        assert len(s0) == len(s1) == 16 and len(set(s0) & set(s1)) == 1  # 31 steps, 1 padded
-    n_users, dim = report["n_users"], 8
-    user_emb = np.load(out / "user_emb.npy")
-    assert user_emb.shape == (n_users, dim) and np.isfinite(user_emb).all()
-    assert len((out / "user_ids.txt").read_text().split()) == n_users
-    for domain, n_items in (("video", 60), ("books", 40)):
-        emb = np.load(out / f"item_emb_{domain}.npy")
-        assert emb.shape == (n_items, dim) and np.isfinite(emb).all()
-        assert len((out / f"item_ids_{domain}.txt").read_text().split()) == n_items
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["train.json", "user_emb.npy", "user_ids.txt", "item_emb_video.npy",
-         "item_emb_books.npy", "item_ids_video.txt", "item_ids_books.txt"])
-
-
-def test_ddp_main_without_torchrun_trains_in_one_process(tiny_data, tmp_path, monkeypatch) -> None:
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    try:
-        assert ddp_main.main(["--data", str(tiny_data), "--out", str(tmp_path), "--device", "cpu",
-                              *CLI_ARGS]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    report = json.loads((tmp_path / "train.json").read_text())
-    assert report["world_size"] == 1 and report["backend"] is None
-    assert len(report["steps_by_rank"]) == 1
-    assert len(report["steps_by_rank"][0][0]) == 31  # the whole schedule
-    assert not dist.is_initialized()
 
 
 # --------------------------------------------------------------------------- in process
