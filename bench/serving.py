@@ -350,6 +350,21 @@ def device_info(args: argparse.Namespace) -> str:
     return f"{where}{cuda}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its live children (the
+    workers of ``serve --processes``), from ``/proc``; 0 where ``/proc`` is absent."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent pid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def spread(values: list[float], digits: int = 3) -> dict[str, Any]:
     """Median over rounds, with the min/max spread and the per-round values."""
     return {"median": round(float(np.median(values)), digits), "min": round(min(values), digits),
@@ -357,24 +372,38 @@ def spread(values: list[float], digits: int = 3) -> dict[str, Any]:
 
 
 def run_round(number: int, index: RawIndex, users: np.ndarray, address: str,
-              concurrency: list[int], args: argparse.Namespace) -> dict[str, Any]:
-    """One A B round: raw faiss, then gRPC at every mode and concurrency."""
+              concurrency: list[int], args: argparse.Namespace,
+              server_pid: int | None = None) -> dict[str, Any]:
+    """One A B round: raw faiss, then gRPC at every mode and concurrency. Each gRPC
+    run records the CPU time per query the server (``server_pid`` and its
+    children) and this process (the load generator) spent."""
     raw = bench_raw(index, users, args)
     print(f"round {number}: raw faiss batch {raw['batch']['qps']:.0f} q/s, "
           f"unary {raw['unary']['qps']:.0f} q/s", flush=True)
     runs = []
     for mode in ("unary", "batch"):
         for c in concurrency:
+            server0 = cpu_seconds(server_pid) if server_pid else 0.0
+            client0 = time.process_time()
             run = asyncio.run(drive(address, mode, c, args.duration, args))
+            queries = max(1, run["calls"] * (args.batch if mode == "batch" else 1))
+            run["client_cpu_ms_per_query"] = round((time.process_time() - client0) * 1e3 / queries, 4)
+            if server_pid:
+                run["server_cpu_ms_per_query"] = round((cpu_seconds(server_pid) - server0) * 1e3 / queries, 4)
             runs.append(run)
             print(f"round {number}: grpc {mode:5s} c={c:<3d} {run['qps']:8.0f} q/s  "
                   f"p50 {run['p50_ms']:7.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
-                  f"errors {run['errors']}", flush=True)
+                  f"errors {run['errors']}  cpu/query server "
+                  f"{run.get('server_cpu_ms_per_query', float('nan')):.3f} ms, "
+                  f"client {run['client_cpu_ms_per_query']:.3f} ms", flush=True)
     best = {mode: max(r["qps"] for r in runs if r["mode"] == mode) for mode in ("unary", "batch")}
     return {
         "round": number, "raw_faiss": raw, "grpc": runs,
         "batch_vs_raw": best["batch"] / raw["batch"]["qps"],
         "unary_vs_raw_unary": best["unary"] / raw["unary"]["qps"],
+        # the serving issue's unary goal: unary at the highest concurrency / raw batch
+        "unary_top_c_vs_raw_batch": [r["qps"] for r in runs if r["mode"] == "unary"][-1]
+        / raw["batch"]["qps"],
         "load_average_after": os.getloadavg(),
     }
 
@@ -447,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         process, address = start_server(tmp, args)
         load_s = time.perf_counter() - t0
         for number in range(args.rounds):
-            rounds.append(run_round(number, raw_index, users, address, concurrency, args))
+            rounds.append(run_round(number, raw_index, users, address, concurrency, args,
+                                    process.pid))
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     finally:
@@ -466,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
 
     batch_ratio = spread([r["batch_vs_raw"] for r in rounds])
     unary_ratio = spread([r["unary_vs_raw_unary"] for r in rounds])
+    unary_batch_ratio = spread([r["unary_top_c_vs_raw_batch"] for r in rounds])
     result = {
         "command": "python bench/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "items": args.items, "dim": args.dim, "k": args.k, "users": args.users,
@@ -495,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         "unary_vs_raw_unary": unary_ratio["median"],
         "batch_vs_raw_spread": batch_ratio,
         "unary_vs_raw_unary_spread": unary_ratio,
+        f"unary_c{concurrency[-1]}_vs_raw_batch": unary_batch_ratio,
+        "server_cpu_ms_per_query": {m: by_c(m, "server_cpu_ms_per_query") for m in ("unary", "batch")},
+        "client_cpu_ms_per_query": {m: by_c(m, "client_cpu_ms_per_query") for m in ("unary", "batch")},
         "errors": sum(r["errors"] for rnd in rounds for r in rnd["grpc"]),
         "inprocess_breakdown": costs,
         "index_recall_vs_exact": recall,
@@ -505,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"batch/raw {batch_ratio['median']} (min {batch_ratio['min']}, max {batch_ratio['max']} "
-          f"over {args.rounds} rounds), unary/raw {unary_ratio['median']}; wrote {args.out}")
+          f"over {args.rounds} rounds), unary/raw {unary_ratio['median']}, unary "
+          f"c={concurrency[-1]}/raw batch {unary_batch_ratio['median']}; wrote {args.out}")
     return 0
 
 
