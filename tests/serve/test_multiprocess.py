@@ -211,11 +211,18 @@ def test_two_processes_share_the_port_reload_and_drain(tmp_path, make_artifact, 
         for thread in threads:
             thread.join(90)
         assert process.wait(timeout=90) == 0, "".join(process.stderr_lines)[-3000:]  # type: ignore[attr-defined]
-        # (a call sent in the last 50 ms before the signal may reach a stopping worker)
-        sent_before = [r for r in results if r[0] < signalled - 0.05]
-        assert sent_before and [code for _, _, code in sent_before] == ["OK"] * len(sent_before)
-        assert any(end > signalled for _, end, _ in sent_before), "no call was in flight at SIGTERM"
         events = _events(process)
+        # Every call a worker's handler took finished OK. A call no handler had taken
+        # yet (still in the kernel's or gRPC's queue when the worker began to drain:
+        # on a loaded host even one sent well before the signal) is refused
+        # UNAVAILABLE by gRPC, which a client may retry elsewhere; nothing else.
+        codes = [code for _, _, code in results]
+        assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+        handled = [e for e in events if e.get("event") == "rpc" and "BatchRecommend" in e.get("method", "")]
+        assert handled and {e["code"] for e in handled} == {"OK"}, handled
+        assert codes.count("OK") == len(handled)
+        assert any(end > signalled and code == "OK" for _, end, code in results), \
+            "no call was in flight at SIGTERM"
         assert {e["pid"] for e in events if e.get("event") == "server_stopped"} == set(pids)
         assert not [e for e in events if e.get("level") == "ERROR"]
         assert "shutting down" in process.stdout.read()
