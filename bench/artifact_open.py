@@ -84,8 +84,9 @@ def random_component(rng: np.random.Generator, n_src: int, n_tgt: int, per_row: 
 def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """Write and publish the artifact (see the module doc); returns its path and
     the build's timings and sizes."""
-    from recxfer.artifacts import index_file, publish, save_domain, save_transfer, write_artifact
-    from recxfer.index import FaissIndex
+    from flat_artifact import write_flat_artifact
+
+    from recxfer.artifacts import publish
     from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems
 
     timings: dict[str, float] = {}
@@ -123,34 +124,10 @@ def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str
 
     t0 = time.perf_counter()
     config = {"bench": {k: v for k, v in vars(args).items() if isinstance(v, int)}}
-    with write_artifact(root, config=config, data_fingerprint="bench") as builder:
-        # As pipeline.write_model_artifact writes them.
-        domains_meta: dict[str, Any] = {}
-        for name, emb in domains.items():
-            save_domain(builder.path, emb)
-            FaissIndex.build(emb.item_emb, "Flat", use_gpu=False, params="").save(
-                builder.path / index_file(name))
-            domains_meta[name] = {
-                "role": "source" if name == SRC else "target",
-                "users": len(emb.user_ids), "items": len(emb.item_ids),
-                "dim": int(emb.item_emb.shape[1]),
-                "index": {"factory": "Flat", "params": "", "file": index_file(name)},
-            }
-        for target, transfer in transfers.items():
-            save_transfer(builder.path, transfer)
-            domains_meta[target]["transfer"] = {"source": transfer.source}
-        builder.extra.update({
-            "domains": domains_meta, "device": "cpu", "epoch_losses": [],
-            "user_encoder": {"inductive": False, "method": "blend"},
-            "transfer": {t: {"source": tr.source, "names": list(tr.scorer.names),
-                             "weights": list(tr.scorer.weights), "pop_weight": tr.scorer.pop_weight,
-                             "embedding_weight": tr.scorer.embedding_weight}
-                         for t, tr in transfers.items()},
-        })
-    assert builder.artifact is not None
+    artifact = write_flat_artifact(root, domains, transfers, SRC, config)  # as pipeline writes
     timings["write_s"] = time.perf_counter() - t0  # includes its hashing and record
     t0 = time.perf_counter()
-    publish(root, builder.artifact.version)
+    publish(root, artifact.version)
     timings["publish_s"] = time.perf_counter() - t0  # verifies (hashes) again
     query_user = str(user_ids[int(np.flatnonzero(domains[names[-1]].user_origin == "warm")[0])])
     info = {
@@ -161,7 +138,7 @@ def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str
         "query": {"user_id": query_user, "domain": names[-1]},
         "transfer_nnz": {t: int(tr.scorer.matrices[0].nnz) for t, tr in transfers.items()},
     }
-    return builder.artifact.path, info
+    return artifact.path, info
 
 
 def child(root: str, user_id: str, domain: str) -> None:

@@ -65,8 +65,10 @@ import grpc
 import numpy as np
 import scipy.sparse as sp
 
-from recxfer.artifacts import index_file, publish, save_domain, save_transfer, write_artifact
-from recxfer.index import FaissIndex, set_search_threads, topk_dense
+from flat_artifact import write_flat_artifact
+
+from recxfer.artifacts import publish
+from recxfer.index import set_search_threads, topk_dense
 from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems
 from recxfer.v1 import recommender_pb2 as pb
 from recxfer.v1 import recommender_pb2_grpc
@@ -148,32 +150,8 @@ def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str
         transfers[HYBRID] = DomainTransfer(
             SRC, HYBRID, replace(scorer, embedding_weight=1.0))
 
-    with write_artifact(root, config={"bench": vars(args)}, data_fingerprint="bench") as builder:
-        # As pipeline.write_model_artifact writes them.
-        domains_meta: dict[str, Any] = {}
-        for name, emb in domains.items():
-            save_domain(builder.path, emb)
-            FaissIndex.build(emb.item_emb, "Flat", use_gpu=False, params="").save(
-                builder.path / index_file(name))
-            domains_meta[name] = {
-                "role": "source" if name == SRC else "target",
-                "users": len(emb.user_ids), "items": len(emb.item_ids),
-                "dim": int(emb.item_emb.shape[1]),
-                "index": {"factory": "Flat", "params": "", "file": index_file(name)},
-            }
-        for target, transfer in transfers.items():
-            save_transfer(builder.path, transfer)
-            domains_meta[target]["transfer"] = {"source": transfer.source}
-        builder.extra.update({
-            "domains": domains_meta, "device": "cpu", "epoch_losses": [],
-            "user_encoder": {"inductive": False, "method": "blend"},
-            "transfer": {t: {"source": tr.source, "names": list(tr.scorer.names),
-                             "weights": list(tr.scorer.weights), "pop_weight": tr.scorer.pop_weight,
-                             "embedding_weight": tr.scorer.embedding_weight}
-                         for t, tr in transfers.items()},
-        })
-    assert builder.artifact is not None
-    publish(root, builder.artifact.version)
+    artifact = write_flat_artifact(root, domains, transfers, SRC, {"bench": vars(args)})
+    publish(root, artifact.version)
     # Query-time histories for RecommendFromHistory: distinct source items each.
     histories = [list(src.item_ids[rng.choice(n_src, args.history_len, replace=False)])
                  for _ in range(512)]
@@ -182,7 +160,7 @@ def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str
             "component_nnz": nnz, "cold_history_lengths": {
                 "min": int(lengths[: len(cold)].min()), "mean": float(lengths[: len(cold)].mean()),
                 "max": int(lengths[: len(cold)].max())}}
-    return builder.artifact.path, info
+    return artifact.path, info
 
 
 # --- measurement helpers ----------------------------------------------------------------
