@@ -243,7 +243,7 @@ def stage_breakdown(model: Any, info: dict[str, Any], args: argparse.Namespace) 
     scorer = transfer.scorer
     src_served, tgt_served = model.domains[SRC], model.domains[TGT]
     user = info["cold"][0]
-    history = src_served.emb.seen.row(src_served.user_rows[user])
+    history = src_served.emb.seen.row(src_served.user_rows.get(user))
     hist = scorer.history_matrix([history])
     hist_f = sp.csr_matrix(hist, dtype=np.float32)
     scores = scorer.score(hist)
@@ -265,7 +265,7 @@ def stage_breakdown(model: Any, info: dict[str, Any], args: argparse.Namespace) 
     }
     if HYBRID in model.transfers:
         hscorer, hserved = model.transfers[HYBRID].scorer, model.domains[HYBRID]
-        u = hserved.emb.user_emb[hserved.user_rows[user]][None, :]  # (1, d)
+        u = hserved.emb.user_emb[hserved.user_rows.get(user)][None, :]  # (1, d)
         v = hserved.emb.item_emb
         embedding_term = lambda: u @ v.T  # noqa: E731  what score() computes
         hybrid_total = lambda: model.recommend_many([RecommendQuery(user, HYBRID, args.k)])  # noqa: E731
