@@ -7,6 +7,26 @@ small ops many times slower (measured 7x-20x here). Tests that need more set it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def hashed_files(monkeypatch) -> list[str]:
+    """Names of the files ``recxfer.artifacts.store`` hashes from now on (any order:
+    they are hashed in threads)."""
+    from recxfer.artifacts import store
+
+    seen: list[str] = []
+    real = store.sha256_file
+
+    def counting(path):
+        seen.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(store, "sha256_file", counting)
+    return seen

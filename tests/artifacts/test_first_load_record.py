@@ -19,20 +19,6 @@ from recxfer.artifacts.store import MANIFEST, VERIFIED
 FILES = {"a.bin": b"a" * 5000, "sub/b.npy": b"b" * 300, "sub/c.json": b"{}"}
 
 
-@pytest.fixture
-def hashes(monkeypatch) -> list[str]:
-    """The files ``store`` hashes (any order: they are hashed in threads)."""
-    seen: list[str] = []
-    real = store.sha256_file
-
-    def counting(path):
-        seen.append(Path(path).name)
-        return real(path)
-
-    monkeypatch.setattr(store, "sha256_file", counting)
-    return seen
-
-
 def copied(tmp_path: Path) -> Path:
     """An artifact as after a copy to another host: its files, no record; one
     clock tick older than anything written next."""
@@ -47,21 +33,21 @@ def copied(tmp_path: Path) -> Path:
     return path
 
 
-def test_the_first_load_hashes_and_records_the_next_reuses(tmp_path, hashes) -> None:
+def test_the_first_load_hashes_and_records_the_next_reuses(tmp_path, hashed_files) -> None:
     path = copied(tmp_path)
-    hashes.clear()  # (the writer hashed them too)
+    hashed_files.clear()  # (the writer hashed them too)
     read_artifact(path, trust_marker=True, record=True)
-    assert sorted(hashes) == ["a.bin", "b.npy", "c.json"]
+    assert sorted(hashed_files) == ["a.bin", "b.npy", "c.json"]
     record = json.loads((path / VERIFIED).read_text())
     assert set(record["files"]) == {MANIFEST, *FILES}
-    hashes.clear()
+    hashed_files.clear()
     for _ in range(3):
         assert read_artifact(path, trust_marker=True, record=True).version == "v1"
-    assert hashes == []
+    assert hashed_files == []
     assert not [p for p in path.iterdir() if p.name.startswith(".verified.tmp")]
 
 
-def test_without_record_nothing_is_written(tmp_path, hashes) -> None:
+def test_without_record_nothing_is_written(tmp_path, hashed_files) -> None:
     path = copied(tmp_path)
     read_artifact(path, trust_marker=True)
     assert not (path / VERIFIED).exists()
@@ -69,7 +55,7 @@ def test_without_record_nothing_is_written(tmp_path, hashes) -> None:
     assert (path / VERIFIED).exists()
 
 
-def test_a_file_changed_after_the_record_is_hashed_again_and_refused(tmp_path, hashes) -> None:
+def test_a_file_changed_after_the_record_is_hashed_again_and_refused(tmp_path, hashed_files) -> None:
     path = copied(tmp_path)
     read_artifact(path, trust_marker=True, record=True)
     target = path / "sub" / "b.npy"
@@ -77,10 +63,10 @@ def test_a_file_changed_after_the_record_is_hashed_again_and_refused(tmp_path, h
     with target.open("r+b") as handle:  # same size, one byte flipped
         handle.write(b"X")
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with mtime put back
-    hashes.clear()
+    hashed_files.clear()
     with pytest.raises(ArtifactError, match=r"file 'sub/b.npy' fails its sha256 check"):
         read_artifact(path, trust_marker=True, record=True)
-    assert sorted(hashes) == ["a.bin", "b.npy", "c.json"]
+    assert sorted(hashed_files) == ["a.bin", "b.npy", "c.json"]
     # The refused load recorded nothing new: it is refused again, every time.
     with pytest.raises(ArtifactError, match="sha256"):
         read_artifact(path, trust_marker=True, record=True)
@@ -113,7 +99,7 @@ def test_partial_files_are_refused_even_with_a_valid_record(tmp_path, damage, me
         read_artifact(path, trust_marker=True, record=True)
 
 
-def test_recording_is_best_effort(tmp_path, monkeypatch, hashes) -> None:
+def test_recording_is_best_effort(tmp_path, monkeypatch, hashed_files) -> None:
     path = copied(tmp_path)
 
     def refuse(*args, **kwargs):

@@ -17,24 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recxfer.artifacts import CURRENT, ArtifactError, publish, store
+from recxfer.artifacts import CURRENT, ArtifactError, publish
 from recxfer.artifacts.ids import IdTable
 from recxfer.artifacts.store import VERIFIED
 from recxfer.serve import ArtifactWatcher, ModelHolder, ServingModel
 from recxfer.v1 import recommender_pb2 as pb
-
-
-@pytest.fixture
-def hashed(monkeypatch) -> list[str]:
-    seen: list[str] = []
-    real = store.sha256_file
-
-    def counting(path):
-        seen.append(Path(path).name)
-        return real(path)
-
-    monkeypatch.setattr(store, "sha256_file", counting)
-    return seen
 
 
 def _copy_without_record(src: Path, root: Path, version: str) -> Path:
@@ -56,15 +43,15 @@ def _switch(root: Path, version: str) -> None:
     os.replace(tmp, root / CURRENT)
 
 
-def test_first_load_records_and_the_next_loads_reuse(tmp_path, make_artifact, domains, hashed):
+def test_first_load_records_and_the_next_loads_reuse(tmp_path, make_artifact, domains, hashed_files):
     built = make_artifact(tmp_path / "built", domains, version="v1")
     path = _copy_without_record(built.path, tmp_path / "served", "v1")
-    hashed.clear()
+    hashed_files.clear()
     first = ServingModel.from_artifact(path, device="cpu")
-    assert "user_emb.npy" in hashed and (path / VERIFIED).is_file()
-    hashed.clear()
+    assert "user_emb.npy" in hashed_files and (path / VERIFIED).is_file()
+    hashed_files.clear()
     second = ServingModel.from_artifact(path, device="cpu")
-    assert hashed == []
+    assert hashed_files == []
     for model in (first, second):
         rec = model.recommend("alice", "books", 3)
         assert [type(i) for i in rec.item_ids] == [str, str, str]
@@ -127,7 +114,7 @@ def test_a_corrupt_or_partial_copy_is_refused_and_the_old_model_keeps_serving(
     assert not (bad / VERIFIED).exists()  # a refused load records nothing
 
 
-def test_a_file_changed_after_the_first_load_is_hashed_again(tmp_path, make_artifact, domains, hashed):
+def test_a_file_changed_after_the_first_load_is_hashed_again(tmp_path, make_artifact, domains, hashed_files):
     built = make_artifact(tmp_path / "built", domains, version="v1")
     path = _copy_without_record(built.path, tmp_path / "served", "v1")
     ServingModel.from_artifact(path, device="cpu")  # records
@@ -138,10 +125,10 @@ def test_a_file_changed_after_the_first_load_is_hashed_again(tmp_path, make_arti
     with target.open("r+b") as handle:  # in place, same size
         handle.write(bytes(data))
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
-    hashed.clear()
+    hashed_files.clear()
     with pytest.raises(ArtifactError, match=r"'domains/books/user_ids.npy' fails its sha256"):
         ServingModel.from_artifact(path, device="cpu")
-    assert "user_ids.npy" in hashed
+    assert "user_ids.npy" in hashed_files
 
 
 def _flip(path: Path, at: int = -1) -> None:
