@@ -115,6 +115,58 @@ class DomainEmbeddings:
 
 
 @dataclass(frozen=True)
+class DAEScorer:
+    """A one-hidden-layer network from a source history to target scores (the
+    ``dae`` method's servable form): for a binary history ``h`` (``(n_src,)``)::
+
+        z = tanh((h / ||h||) @ w_in + b_in)          # (hidden,)
+        logits = z @ w_out.T + b_out                  # (n_tgt,)
+        score = exp(logits - max(logits))             # in (0, 1], max 1
+
+    i.e. the softmax over the target catalogue divided by its largest entry: the
+    per-user max normalisation ``ItemToItemScorer`` gives each of its terms.
+
+    Attributes:
+        w_in: ``(n_src, hidden)`` float32.
+        b_in: ``(hidden,)`` float32.
+        w_out: ``(n_tgt, hidden)`` float32.
+        b_out: ``(n_tgt,)`` float32.
+    """
+
+    w_in: np.ndarray
+    b_in: np.ndarray
+    w_out: np.ndarray
+    b_out: np.ndarray
+
+    def __post_init__(self) -> None:
+        hidden = self.b_in.shape[0] if self.b_in.ndim == 1 else -1
+        if (self.w_in.ndim != 2 or self.w_in.shape[1] != hidden or self.w_out.ndim != 2
+                or self.w_out.shape[1] != hidden or self.b_out.shape != (self.w_out.shape[0],)):
+            raise ValueError(f"dae network shapes do not fit: w_in {self.w_in.shape}, b_in "
+                             f"{self.b_in.shape}, w_out {self.w_out.shape}, b_out {self.b_out.shape}")
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The four parameter arrays by name (what an artifact stores)."""
+        return {"w_in": self.w_in, "b_in": self.b_in, "w_out": self.w_out, "b_out": self.b_out}
+
+    def score(self, hist: Any) -> np.ndarray:
+        """``(n, n_tgt)`` float32 scores of ``hist``, a ``(n, n_src)`` csr 0/1 history
+        matrix; an empty history scores every item ``exp(b_out - max b_out)`` of the
+        zero input."""
+        import scipy.sparse as sp
+
+        hist = sp.csr_matrix(hist, dtype=np.float32)
+        norm = np.sqrt(np.asarray(hist.multiply(hist).sum(axis=1), np.float32))  # (n, 1)
+        hidden = np.asarray(hist @ self.w_in, np.float32)  # (n, hidden)
+        np.divide(hidden, norm, out=hidden, where=norm > 0)
+        z = np.tanh(hidden + self.b_in[None, :])  # (n, hidden)
+        logits = z @ np.asarray(self.w_out, np.float32).T + self.b_out[None, :]  # (n, n_tgt)
+        logits -= logits.max(axis=1, keepdims=True)
+        return np.exp(logits, out=logits)
+
+
+@dataclass(frozen=True)
 class ItemToItemScorer:
     """Target scores of a source history through sparse source→target item links:
     the servable form of the item-to-item methods (``itemknn``, ``ease``, ``ridge``,
@@ -125,10 +177,11 @@ class ItemToItemScorer:
 
         sum_c weights[c] * (h @ B_c)[j] / max_j' |h @ B_c|  +  pop_weight * pop[j] / max(pop)
           + embedding_weight * (u @ V.T)[j] / max_j' |u @ V.T|
+          + dae_weight * dae.score(h)[j]
 
     (a component whose row is all zero adds nothing). Ranking one component alone is
     the same as ranking ``h @ B_c``; the per-user max puts components on one scale.
-    The last term (a hybrid with embedding retrieval) needs the user's embedding ``u``
+    The embedding term (a hybrid with embedding retrieval) needs the user's embedding ``u``
     (``(d,)``: a transferred row, or the history encoder's output) and the target's
     item embeddings ``V`` (``(n_tgt, d)``), given to ``score``.
 
@@ -141,6 +194,9 @@ class ItemToItemScorer:
         popularity: ``(n_tgt,)`` float32 training counts of the target items.
         pop_weight: weight of the popularity term (0 leaves it out).
         embedding_weight: weight of the embedding term (0 leaves it out).
+        dae: a ``DAEScorer`` over the same catalogues (the ``dae`` term), or
+            ``None``.
+        dae_weight: weight of the dae term (0 leaves it out).
     """
 
     src_item_ids: np.ndarray
@@ -151,9 +207,16 @@ class ItemToItemScorer:
     popularity: np.ndarray
     pop_weight: float
     embedding_weight: float = 0.0
+    dae: DAEScorer | None = None
+    dae_weight: float = 0.0
 
     def __post_init__(self) -> None:
         n_src, n_tgt = len(self.src_item_ids), len(self.tgt_item_ids)
+        if self.dae is not None and (self.dae.w_in.shape[0], self.dae.w_out.shape[0]) != (n_src, n_tgt):
+            raise ValueError(f"dae network maps {self.dae.w_in.shape[0]} -> {self.dae.w_out.shape[0]} "
+                             f"items, not ({n_src}, {n_tgt})")
+        if self.dae_weight and self.dae is None:
+            raise ValueError("dae_weight is set but the scorer has no dae network")
         if not (len(self.names) == len(self.matrices) == len(self.weights)):
             raise ValueError("names, matrices and weights must have one entry per component")
         for name, matrix in zip(self.names, self.matrices):
@@ -190,6 +253,8 @@ class ItemToItemScorer:
             scale = np.abs(part).max(axis=1, keepdims=True)  # (n, 1)
             np.divide(part, scale, out=part, where=scale > 0)
             out += np.float32(self.embedding_weight) * part
+        if self.dae_weight:
+            out += np.float32(self.dae_weight) * self.dae.score(hist)
         if self.pop_weight:
             top = float(self.popularity.max(initial=0.0))
             if top > 0:

@@ -29,9 +29,12 @@ read, their id tables built in memory.
 Per target ``T`` with an item-to-item transfer (``DomainTransfer``), aligned to the
 source's and the target's item tables::
 
-    transfer/T/meta.json         {"source", "names", "weights", "pop_weight", "embedding_weight"}
+    transfer/T/meta.json         {"source", "names", "weights", "pop_weight", "embedding_weight",
+                                  "dae_weight" (only with an encoder)}
     transfer/T/popularity.npy    (n_tgt,) float32
     transfer/T/<name>_{indptr,indices,data}.npy   csr (n_src, n_tgt) per component
+    transfer/T/dae_{w_in,b_in,w_out,b_out}.npy  float32 (n_src, h), (h,), (n_tgt, h),
+                                  (n_tgt,): the ``DAEScorer`` (``dae``), when present
 """
 
 from __future__ import annotations
@@ -46,7 +49,14 @@ import numpy as np
 from recxfer.artifacts.errors import ArtifactError
 from recxfer.artifacts.ids import SUFFIXES, IdTable
 from recxfer.artifacts.store import Artifact
-from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems, UserOrigin
+from recxfer.types import (
+    DomainEmbeddings,
+    DomainTransfer,
+    DAEScorer,
+    ItemToItemScorer,
+    SeenItems,
+    UserOrigin,
+)
 
 _DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ORIGINS = (UserOrigin.WARM.value, UserOrigin.TRANSFER.value)
@@ -311,11 +321,16 @@ def save_transfer(folder: Path, transfer: DomainTransfer) -> None:
         np.save(out / f"{name}_indices.npy", csr.indices.astype(np.int32), allow_pickle=False)
         np.save(out / f"{name}_data.npy", csr.data.astype(np.float32), allow_pickle=False)
     np.save(out / "popularity.npy", scorer.popularity.astype(np.float32), allow_pickle=False)
-    (out / "meta.json").write_text(json.dumps({
+    meta = {
         "source": transfer.source, "names": list(scorer.names),
         "weights": [float(w) for w in scorer.weights], "pop_weight": float(scorer.pop_weight),
         "embedding_weight": float(scorer.embedding_weight),
-    }))
+    }
+    if scorer.dae is not None:
+        for part, array in scorer.dae.arrays.items():
+            np.save(out / f"dae_{part}.npy", np.asarray(array, np.float32), allow_pickle=False)
+        meta["dae_weight"] = float(scorer.dae_weight)
+    (out / "meta.json").write_text(json.dumps(meta))
 
 
 def load_transfer(
@@ -359,10 +374,19 @@ def load_transfer(
                                        shape=shape)
             matrices.append(matrix)
         popularity = _load_array(artifact.file(f"{base}/popularity.npy"), mmap)
+        encoder = None
+        if "dae_weight" in meta:  # written with an encoder term (``dae``)
+            parts = {p: _load_array(artifact.file(f"{base}/dae_{p}.npy"), mmap).astype(np.float32, copy=False)
+                     for p in ("w_in", "b_in", "w_out", "b_out")}
+            encoder = DAEScorer(**parts)
+            if (encoder.w_in.shape[0], encoder.w_out.shape[0]) != shape:
+                raise ArtifactError(f"{where}: dae network maps {encoder.w_in.shape[0]} -> "
+                                    f"{encoder.w_out.shape[0]} items; the item tables are {shape}")
         scorer = ItemToItemScorer(src_item_ids, tgt_item_ids, tuple(str(n) for n in names),
                                   tuple(matrices), tuple(float(w) for w in weights),
                                   popularity.astype(np.float32, copy=False), float(meta["pop_weight"]),
-                                  float(meta.get("embedding_weight", 0.0)))
+                                  float(meta.get("embedding_weight", 0.0)), encoder,
+                                  float(meta.get("dae_weight", 0.0)))
         return DomainTransfer(str(meta["source"]), target, scorer)
     except ArtifactError:
         raise

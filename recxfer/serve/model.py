@@ -773,9 +773,11 @@ def _check_transfer(
             raise ArtifactError(f"{what}: its {side} items are not the {side} domain's item table")
     numbers = [np.asarray(m.data) for m in scorer.matrices]
     numbers += [scorer.popularity, np.asarray(scorer.weights, np.float64),
-                np.asarray([scorer.pop_weight, scorer.embedding_weight], np.float64)]
+                np.asarray([scorer.pop_weight, scorer.embedding_weight, scorer.dae_weight], np.float64)]
+    if scorer.dae is not None:
+        numbers += list(scorer.dae.arrays.values())
     if not all(np.isfinite(x).all() for x in numbers):
-        raise ArtifactError(f"{what}: matrices, popularity or weights hold non-finite values")
+        raise ArtifactError(f"{what}: matrices, dae network, popularity or weights hold non-finite values")
     seen, tgt = source.emb.seen, domains[target].emb
     rows = np.flatnonzero(np.diff(seen.indptr) > 0)
     history = seen.row(int(rows[0])) if rows.size else np.zeros(min(1, len(source.emb.item_ids)), np.int64)

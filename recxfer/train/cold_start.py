@@ -4,8 +4,9 @@ item embeddings.
 
 Methods: ``popularity`` and ``target_only`` (no transfer: popularity for cold
 users), ``itemknn``, ``ease``, ``ridge``, ``userknn`` (item-to-item links from the
-overlapping users, scored from a source history), ``blend`` (the shipped default: a
-validation-weighted blend of ridge, itemknn, userknn and popularity), ``emcdr`` (MF
+overlapping users, scored from a source history), ``dae`` (a history-to-target
+network trained on the overlapping users), ``blend`` (the shipped default: a
+validation-weighted blend of ridge, itemknn, userknn, dae and popularity), ``emcdr`` (MF
 per domain + mapping), ``ptupcdr`` (personalised bridge), ``shared`` (shared encoders
 + adaptation losses).
 
@@ -34,11 +35,13 @@ from recxfer.transfer.blend import (
     BlendConfig,
     FittedScorer,
     fit_blend,
+    fit_dae_scorer,
     fit_ease,
     fit_itemknn,
     fit_ridge,
     fit_userknn,
 )
+from recxfer.transfer.dae import DAEConfig
 from recxfer.transfer.ease import EASEConfig
 from recxfer.transfer.emcdr import EMCDRConfig
 from recxfer.transfer.interactions import build_matrices
@@ -48,7 +51,7 @@ from recxfer.transfer.ridge import RidgeConfig
 from recxfer.transfer.userknn import UserKNNConfig
 from recxfer.types import ItemToItemScorer
 
-ITEM_TO_ITEM = ("itemknn", "ease", "ridge", "userknn", "blend")
+ITEM_TO_ITEM = ("itemknn", "ease", "ridge", "userknn", "dae", "blend")
 METHODS = ("blend", "popularity", "target_only", *ITEM_TO_ITEM[:-1], "emcdr", "ptupcdr", "shared")
 DEFAULT_METHOD = "blend"
 
@@ -65,6 +68,7 @@ class ColdStartConfig:
     ease: EASEConfig = field(default_factory=EASEConfig)
     ridge: RidgeConfig = field(default_factory=RidgeConfig)
     userknn: UserKNNConfig = field(default_factory=UserKNNConfig)
+    dae: DAEConfig = field(default_factory=DAEConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     device: str = "auto"
 
@@ -76,6 +80,8 @@ class ColdStartConfig:
             emcdr=dataclasses.replace(self.emcdr, seed=seed),
             ptupcdr=dataclasses.replace(self.ptupcdr, seed=seed),
             shared=dataclasses.replace(self.shared, seed=seed),
+            dae=dataclasses.replace(self.dae, seed=seed),
+            blend=dataclasses.replace(self.blend, dae=dataclasses.replace(self.blend.dae, seed=seed)),
         )
 
 
@@ -206,7 +212,7 @@ def fit_cold_start(
 
 _FITTERS = {"itemknn": (fit_itemknn, "itemknn"), "ease": (fit_ease, "ease"),
             "ridge": (fit_ridge, "ridge"), "userknn": (fit_userknn, "userknn"),
-            "blend": (fit_blend, "blend")}
+            "dae": (fit_dae_scorer, "dae"), "blend": (fit_blend, "blend")}
 
 
 def _fit_item_to_item(

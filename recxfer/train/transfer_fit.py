@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from recxfer.transfer.blend import BlendConfig, fit_blend
 from recxfer.transfer.interactions import build_matrices
-from recxfer.types import DomainTransfer, ItemToItemScorer
+from recxfer.types import DomainTransfer, DAEScorer, ItemToItemScorer
 
 # (n_valid, n_tgt) scores of the validation users, columns in the *matrices'* target
 # order (``tgt_item_ids``), -> higher is better.
@@ -35,9 +35,27 @@ def align_scorer(scorer: ItemToItemScorer, src_item_ids: np.ndarray, tgt_item_id
     matrices = tuple(sp.csr_matrix(pick @ m @ place, dtype=np.float32) for m in scorer.matrices)
     popularity = np.zeros(len(tgt_item_ids), np.float32)
     popularity[col_of[cols_have]] = scorer.popularity[cols_have]
+    encoder = None if scorer.dae is None else _align_dae(
+        scorer.dae, row_of, col_of, len(tgt_item_ids))
     return ItemToItemScorer(np.asarray(src_item_ids, dtype=object), np.asarray(tgt_item_ids, dtype=object),
                             scorer.names, matrices, scorer.weights, popularity, scorer.pop_weight,
-                            scorer.embedding_weight)
+                            scorer.embedding_weight, encoder, scorer.dae_weight)
+
+
+def _align_dae(encoder: DAEScorer, row_of: np.ndarray, col_of: np.ndarray,
+                   n_tgt: int) -> DAEScorer:
+    """``encoder`` on other tables: ``row_of`` ``(n_src',)`` the encoder's source row
+    of each new source item (-1: none, a zero row), ``col_of`` ``(n_tgt_old,)`` the new
+    column of each old target item (-1: dropped). New target items get a zero output
+    row and a bias 50 below the lowest, so their score is ``exp(-50)``-small."""
+    w_in = np.zeros((len(row_of), encoder.w_in.shape[1]), np.float32)
+    w_in[row_of >= 0] = encoder.w_in[row_of[row_of >= 0]]
+    w_out = np.zeros((n_tgt, encoder.w_out.shape[1]), np.float32)
+    b_out = np.full(n_tgt, float(encoder.b_out.min(initial=0.0)) - 50.0, np.float32)
+    have = col_of >= 0
+    w_out[col_of[have]] = encoder.w_out[have]
+    b_out[col_of[have]] = encoder.b_out[have]
+    return DAEScorer(w_in, encoder.b_in.copy(), w_out, b_out)
 
 
 def fit_domain_transfer(
@@ -90,14 +108,19 @@ def refit_domain_transfer(
 ) -> DomainTransfer:
     """``fitted`` (chosen on validation by ``fit_domain_transfer``, which returned
     ``info``) rebuilt on ``train`` (e.g. every row, validation users included) with
-    the same choices: each component's hyper-parameter from ``info`` and the
-    weights of popularity, the embedding term and every component from ``fitted``.
+    the same choices: each component's hyper-parameter from ``info`` (``dae``: its
+    best epoch as the number of epochs) and the weights of popularity, the embedding
+    term, the encoder term and every component from ``fitted``.
     Nothing is searched (there is nothing left to validate on). A component that
     cannot be built on the new catalogue is left out, as in the first fit.
     """
     chosen = info.get("components", {})
     names = [n for n in fitted.scorer.names if n in config.components]
-    ridge, itemknn = config.ridge, config.itemknn
+    if fitted.scorer.dae is not None and "dae" in config.components:
+        names.append("dae")
+    ridge, itemknn, dae = config.ridge, config.itemknn, config.dae
+    if "best_epoch" in chosen.get("dae", {}):
+        dae = dataclasses.replace(dae, epochs=int(chosen["dae"]["best_epoch"]))
     if "l2" in chosen.get("ridge", {}):
         ridge = dataclasses.replace(ridge, l2=float(chosen["ridge"]["l2"]), l2_grid=())
     if "shrink" in chosen.get("itemknn", {}):
@@ -108,11 +131,12 @@ def refit_domain_transfer(
                               matrices.target_popularity(), fitted.scorer.pop_weight,
                               fitted.scorer.embedding_weight)
     if names:
-        cfg = dataclasses.replace(config, components=tuple(names), ridge=ridge, itemknn=itemknn)
+        cfg = dataclasses.replace(config, components=tuple(names), ridge=ridge, itemknn=itemknn, dae=dae)
         rebuilt = fit_blend(matrices, cfg).scorer  # no validator: every component at its default
         scorer = ItemToItemScorer(
             rebuilt.src_item_ids, rebuilt.tgt_item_ids, rebuilt.names, rebuilt.matrices,
             tuple(float(weight_of[n]) for n in rebuilt.names), rebuilt.popularity,
             fitted.scorer.pop_weight, fitted.scorer.embedding_weight,
+            rebuilt.dae, fitted.scorer.dae_weight if rebuilt.dae is not None else 0.0,
         )
     return DomainTransfer(fitted.source, fitted.target, align_scorer(scorer, src_item_ids, tgt_item_ids))

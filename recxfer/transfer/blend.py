@@ -4,6 +4,8 @@ item-to-item evidence from three views of the overlapping users, plus popularity
 * ``ridge``: the source → target regression (``transfer/ridge.py``),
 * ``itemknn``: shrunk cross-domain cosine (``transfer/itemknn.py``),
 * ``userknn``: source-history neighbours' target rows (``transfer/userknn.py``),
+* ``dae``: a one-hidden-layer network from the source history to a softmax over
+  the target (``transfer/dae.py``; not a matrix: the scorer's encoder term),
 * popularity of the target items.
 
 Each component's hyper-parameter is chosen on validation alone, then the weights
@@ -24,12 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from recxfer.transfer.dae import DAEConfig, fit_dae
 from recxfer.transfer.ease import CatalogueTooLargeError, EASEConfig, ease_matrices
 from recxfer.transfer.interactions import SourceTargetMatrices
 from recxfer.transfer.itemknn import ItemKNNConfig, itemknn_matrix
 from recxfer.transfer.ridge import RidgeConfig, RidgeSolver
 from recxfer.transfer.userknn import UserKNNConfig, userknn_matrix
-from recxfer.types import ItemToItemScorer
+from recxfer.types import DAEScorer, ItemToItemScorer
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +40,23 @@ log = logging.getLogger(__name__)
 ScoreValidator = Callable[[np.ndarray], float]
 
 
+BLEND_COMPONENTS = ("ridge", "itemknn", "userknn", "dae")
+
+
 @dataclass(frozen=True)
 class BlendConfig:
     """Components of the blend and the grids its weights are chosen from."""
 
-    components: tuple[str, ...] = ("ridge", "itemknn", "userknn")
+    components: tuple[str, ...] = ("ridge", "itemknn", "userknn", "dae")
     ridge: RidgeConfig = field(default_factory=RidgeConfig)
     itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
     userknn: UserKNNConfig = field(default_factory=UserKNNConfig)
+    dae: DAEConfig = field(default_factory=DAEConfig)
     weight_grid: tuple[float, ...] = (0.0, 0.5, 1.0)
     pop_grid: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
+    # weights of the ``dae`` term, searched on top of the matrix components' best
+    # weights (popularity re-chosen): up to 10, where the matrices are a tie-break.
+    dae_grid: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0, 10.0)
     # weights of the embedding model's scores (a hybrid with the shared model),
     # searched when ``embedding`` is on and the caller gives them. Off by default: on
     # CDRIB it helped phones->sports (HR@10 0.086 -> 0.095) but cost sports->clothing
@@ -61,13 +71,14 @@ class BlendConfig:
     user_alpha_grid: tuple[float, ...] = (0.0, 0.5)
 
     def __post_init__(self) -> None:
-        unknown = set(self.components) - {"ridge", "itemknn", "userknn"}
+        unknown = set(self.components) - set(BLEND_COMPONENTS)
         if unknown or not self.components:
-            raise ValueError(f"blend components must be some of ridge, itemknn, userknn; got {self.components}")
+            raise ValueError(f"blend components must be some of {', '.join(BLEND_COMPONENTS)}; "
+                             f"got {self.components}")
         if not self.weight_grid or min(self.weight_grid) < 0 or min(self.pop_grid, default=0) < 0:
             raise ValueError("blend weight grids must be non-empty and >= 0")
-        if min(self.embedding_grid, default=0) < 0:
-            raise ValueError("blend embedding_grid must be >= 0")
+        if min(self.embedding_grid, default=0) < 0 or min(self.dae_grid, default=0) < 0:
+            raise ValueError("blend embedding_grid and dae_grid must be >= 0")
         if not self.user_alpha_grid or min(self.user_alpha_grid) < 0:
             raise ValueError(f"blend user_alpha_grid must be non-empty and >= 0, got {self.user_alpha_grid}")
         if max(self.weight_grid) <= 0:
@@ -83,10 +94,11 @@ class FittedScorer:
 
 
 def _scorer(m: SourceTargetMatrices, names, matrices, weights, pop_weight,
-            embedding_weight: float = 0.0) -> ItemToItemScorer:
+            embedding_weight: float = 0.0, encoder: DAEScorer | None = None,
+            dae_weight: float = 0.0) -> ItemToItemScorer:
     return ItemToItemScorer(m.src_item_ids, m.tgt_item_ids, tuple(names), tuple(matrices),
                             tuple(float(w) for w in weights), m.target_popularity(), float(pop_weight),
-                            float(embedding_weight))
+                            float(embedding_weight), encoder, float(dae_weight))
 
 
 def _single(m: SourceTargetMatrices, name: str, candidates: dict[float, sp.csr_matrix],
@@ -191,6 +203,14 @@ def fit_userknn(m: SourceTargetMatrices, config: UserKNNConfig = UserKNNConfig()
     return FittedScorer(_scorer(m, ["userknn"], [matrix], [1.0], 0.0), {"alpha": config.alpha})
 
 
+def fit_dae_scorer(m: SourceTargetMatrices, config: DAEConfig = DAEConfig(),
+                   valid_hist: sp.csr_matrix | None = None,
+                   validator: ScoreValidator | None = None) -> FittedScorer:
+    """``dae`` alone: the history encoder, its epoch chosen on validation."""
+    encoder, info = fit_dae(m, config, valid_hist, validator)
+    return FittedScorer(_scorer(m, [], [], [], 0.0, 0.0, encoder, 1.0), info)
+
+
 def fit_blend(m: SourceTargetMatrices, config: BlendConfig = BlendConfig(),
               valid_hist: sp.csr_matrix | None = None,
               validator: ScoreValidator | None = None,
@@ -228,11 +248,17 @@ def _fit_blend_once(m: SourceTargetMatrices, config: BlendConfig, alpha: float,
                     cache: dict[str, FittedScorer]) -> FittedScorer:
     ridge = dataclasses.replace(config.ridge, user_alpha_grid=(alpha,))
     itemknn = dataclasses.replace(config.itemknn, user_alpha_grid=(alpha,))
+
+    def cached(name: str, fit: Callable[[], FittedScorer]) -> FittedScorer:
+        # components that do not depend on user_alpha are fit once per blend
+        return cache[name] if name in cache else cache.setdefault(name, fit())
+
     fitters = {"ridge": lambda: fit_ridge(m, ridge, valid_hist, validator),
                "itemknn": lambda: fit_itemknn(m, itemknn, valid_hist, validator),
-               "userknn": lambda: cache["userknn"] if "userknn" in cache else cache.setdefault(
-                   "userknn", fit_userknn(m, config.userknn, valid_hist, validator))}
+               "userknn": lambda: cached("userknn", lambda: fit_userknn(m, config.userknn, valid_hist, validator)),
+               "dae": lambda: cached("dae", lambda: fit_dae_scorer(m, config.dae, valid_hist, validator))}
     names, matrices, info = [], [], {"user_alpha": alpha, "components": {}, "skipped": {}}
+    encoder = None
     for name in config.components:
         try:
             fitted = fitters[name]()
@@ -240,23 +266,32 @@ def _fit_blend_once(m: SourceTargetMatrices, config: BlendConfig, alpha: float,
             log.info("blend: %s left out: %s", name, exc)
             info["skipped"][name] = str(exc)
             continue
+        info["components"][name] = fitted.info
+        if name == "dae":
+            encoder = fitted.scorer.dae
+            continue
         names.append(name)
         matrices.append(fitted.scorer.matrices[0])
-        info["components"][name] = fitted.info
-    emb_weight = 0.0
-    if not names:  # nothing could be built: popularity alone, said so in info
+    emb_weight, enc_weight = 0.0, 0.0
+    if not names and encoder is None:  # nothing could be built: popularity alone, said so in info
         weights, pop_weight = [], 1.0
     elif validator is None or valid_hist is None:
-        weights, pop_weight = [1.0] * len(names), 0.1
+        weights, pop_weight, enc_weight = [1.0] * len(names), 0.1, 1.0 if encoder is not None else 0.0
     else:
-        use_emb = config.embedding and valid_emb_scores is not None
-        weights, pop_weight, emb_weight, info["valid"] = _search_weights(
-            m, names, matrices, valid_hist, validator, config,
-            valid_emb_scores if use_emb else None)
+        dense = {}
+        if encoder is not None:
+            dense["dae"] = (encoder.score(valid_hist), config.dae_grid)
+        if config.embedding and valid_emb_scores is not None:
+            dense["embedding"] = (_max_normalised(valid_emb_scores), config.embedding_grid)
+        weights, pop_weight, dense_weights, info["valid"] = _search_weights(
+            m, names, matrices, valid_hist, validator, config, dense)
+        enc_weight = dense_weights.get("dae", 0.0)
+        emb_weight = dense_weights.get("embedding", 0.0)
     info["weights"] = dict(zip(names, weights))
     info["pop_weight"] = pop_weight
     info["embedding_weight"] = emb_weight
-    return FittedScorer(_scorer(m, names, matrices, weights, pop_weight, emb_weight), info)
+    info["dae_weight"] = enc_weight
+    return FittedScorer(_scorer(m, names, matrices, weights, pop_weight, emb_weight, encoder, enc_weight), info)
 
 
 def _max_normalised(scores: np.ndarray) -> np.ndarray:
@@ -267,36 +302,45 @@ def _max_normalised(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _search_weights(m, names, matrices, valid_hist, validator, config, emb_scores):
-    """Grid search of component, popularity and embedding weights on validation:
-    each term's normalised validation scores are computed once."""
+def _search_weights(m, names, matrices, valid_hist, validator, config, dense):
+    """Grid search of the weights on validation, each term's normalised validation
+    scores computed once: stage 1 the matrix components and popularity; then each
+    ``dense`` term (name -> ``((n_valid, n_tgt)`` max-normalised scores, grid)``, in
+    order) on top of the weights so far, popularity re-chosen with it.
+
+    Returns:
+        ``(weights, pop_weight, {dense name: weight}, {"best", "tried"})``.
+    """
     parts = [_scorer(m, [n], [x], [1.0], 0.0).score(valid_hist) for n, x in zip(names, matrices)]
     pop = _scorer(m, [], [], [], 1.0).score(valid_hist)  # (n_valid, n_tgt)
-    emb = None if emb_scores is None else _max_normalised(emb_scores)
     best, best_key, tried = None, None, 0
 
-    def consider(weights, pop_weight, emb_weight):
+    def consider(weights, pop_weight, dense_weights):
         nonlocal best, best_key, tried
-        scores = sum(np.float32(w) * p for w, p in zip(weights, parts) if w) + np.float32(pop_weight) * pop
-        if emb_weight:
-            scores = scores + np.float32(emb_weight) * emb
+        scores = np.float32(pop_weight) * pop
+        for w, p in zip(weights, parts):
+            if w:
+                scores = scores + np.float32(w) * p
+        for name, w in dense_weights.items():
+            if w:
+                scores = scores + np.float32(w) * dense[name][0]
         value = validator(scores)
         tried += 1
-        key = (value, -sum(weights) - pop_weight - emb_weight)  # ties: smaller weights win
+        key = (value, -sum(weights) - pop_weight - sum(dense_weights.values()))  # ties: smaller weights win
         if best_key is None or key > best_key:
-            best_key, best = key, (list(weights), float(pop_weight), float(emb_weight), value)
+            best_key, best = key, (list(weights), float(pop_weight), dict(dense_weights), value)
 
-    # stage 1: item-to-item components and popularity
+    # stage 1: matrix components and popularity (popularity alone when there are none)
     for weights in itertools.product(config.weight_grid, repeat=len(names)):
-        if max(weights) > 0:
+        if max(weights, default=0) > 0 or not names:
             for pop_weight in config.pop_grid or (0.0,):
-                consider(weights, pop_weight, 0.0)
-    # stage 2: the embedding term on top of stage 1's components (popularity re-chosen)
-    if emb is not None:
-        weights = best[0]
-        for emb_weight in config.embedding_grid:
-            if emb_weight > 0:
+                consider(weights, pop_weight, {})
+    # stage 2: each dense term on top of the weights so far (popularity re-chosen)
+    for name, (_, grid) in dense.items():
+        weights, dense_weights = best[0], best[2]
+        for w in grid:
+            if w > 0:
                 for pop_weight in config.pop_grid or (0.0,):
-                    consider(weights, pop_weight, emb_weight)
-    weights, pop_weight, emb_weight, value = best
-    return weights, pop_weight, emb_weight, {"best": value, "tried": tried}
+                    consider(weights, pop_weight, dense_weights | {name: float(w)})
+    weights, pop_weight, dense_weights, value = best
+    return weights, pop_weight, dense_weights, {"best": value, "tried": tried}

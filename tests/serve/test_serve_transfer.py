@@ -36,7 +36,7 @@ from recxfer.artifacts import (
 )
 from recxfer.serve import ArtifactWatcher, ItemFilter, ModelHolder, RecommendQuery, ServingModel
 from recxfer.serve.model import NoHistoryEncoderError, UnknownItemError
-from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems, UserOrigin
+from recxfer.types import DAEScorer, DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems, UserOrigin
 from recxfer.v1 import recommender_pb2 as pb
 
 SRC, TGT = "video", "books"
@@ -623,3 +623,73 @@ def test_embedding_transfer_over_grpc(start_server, emb_model, tdomains, emb_tra
     )
     assert [item.item_id for item in response.items] == ids
     np.testing.assert_allclose([item.score for item in response.items], scores, rtol=0, atol=1e-6)
+
+
+# --- a transfer with a dae term (the blend's history-to-target network) --------------------
+
+DAE_WEIGHT = 0.6
+
+
+@pytest.fixture(scope="module")
+def dae_transfer(transfer) -> DomainTransfer:
+    rng = np.random.default_rng(5)
+    hidden = 3
+    dae = DAEScorer(rng.normal(size=(len(SRC_ITEMS), hidden)).astype(np.float32),
+                    rng.normal(size=hidden).astype(np.float32),
+                    rng.normal(size=(len(TGT_ITEMS), hidden)).astype(np.float32),
+                    rng.normal(size=len(TGT_ITEMS)).astype(np.float32))
+    return replace(transfer, scorer=replace(transfer.scorer, dae=dae, dae_weight=DAE_WEIGHT))
+
+
+@pytest.fixture(scope="module")
+def dae_model(troot, tdomains, dae_transfer) -> ServingModel:
+    artifact = write_transfer_artifact(troot, tdomains, dae_transfer, version="d1")
+    return ServingModel.from_artifact(artifact.path, device="cpu")
+
+
+def test_dae_term_round_trips(dae_model, dae_transfer):
+    loaded = dae_model.transfers[TGT].scorer
+    assert loaded.dae_weight == pytest.approx(DAE_WEIGHT)
+    for name, array in dae_transfer.scorer.dae.arrays.items():
+        np.testing.assert_array_equal(loaded.dae.arrays[name], array, err_msg=name)
+
+
+@pytest.mark.parametrize("user_id", ["carol", "gina"])
+def test_dae_term_served_equals_offline(dae_model, tdomains, dae_transfer, transfer, user_id):
+    history = source_history(tdomains, user_id)
+    ids, scores = offline_topk(dae_transfer, history, 15, exclude_ids=target_seen(user_id))
+    assert_same(dae_model.recommend(user_id, TGT, 15), ids, scores)
+    ids, scores = offline_topk(dae_transfer, history, 6)
+    assert_same(dae_model.recommend_from_history(SRC, history, TGT, 6), ids, scores)
+    # and the term matters: without it the ranking differs
+    assert ids != offline_topk(transfer, history, 6)[0]
+
+
+def _dae_file(name: str, change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    def tamper(folder: Path) -> None:
+        path = _npy(folder, f"dae_{name}")
+        np.save(path, change(np.load(path)))
+    return tamper
+
+
+def _first_nan(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flat[0] = np.nan
+    return a
+
+
+DAE_CORRUPT = {
+    "missing dae file": (lambda f: _npy(f, "dae_w_out").unlink(), "dae_w_out"),
+    "dae over another catalogue": (_dae_file("w_in", lambda a: a[:-1]), "dae network maps"),
+    "dae hidden sizes disagree": (_dae_file("b_in", lambda a: a[:-1]), "shapes do not fit"),
+    "non-finite dae": (_dae_file("w_out", _first_nan), "non-finite"),
+    "non-finite dae weight": (_meta(dae_weight=float("nan")), "non-finite"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAE_CORRUPT), ids=list(DAE_CORRUPT))
+def test_a_malformed_dae_term_refuses_the_artifact(tmp_path, tdomains, dae_transfer, case):
+    tamper, message = DAE_CORRUPT[case]
+    artifact = write_transfer_artifact(tmp_path, tdomains, dae_transfer, tamper=tamper)
+    with pytest.raises(ArtifactError, match=message):
+        ServingModel.from_artifact(artifact.path, device="cpu")

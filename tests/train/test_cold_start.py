@@ -26,6 +26,8 @@ from recxfer.train.cold_start import (
 )
 from recxfer.train.mf import MFConfig
 from recxfer.train.shared import SharedTrainConfig
+from recxfer.transfer.blend import BlendConfig
+from recxfer.transfer.dae import DAEConfig
 from recxfer.transfer.emcdr import EMCDRConfig
 from recxfer.transfer.ptupcdr import PTUPCDRConfig
 from recxfer.transfer.shared import SharedModelConfig
@@ -38,6 +40,8 @@ TINY = ColdStartConfig(
     emcdr=EMCDRConfig(epochs=20),
     ptupcdr=PTUPCDRConfig(epochs=2),
     shared=SharedTrainConfig(model=SharedModelConfig(dim=8), epochs=2, batch_size=256),
+    dae=DAEConfig(hidden=8, epochs=4, batch_size=64),
+    blend=BlendConfig(dae=DAEConfig(hidden=8, epochs=4, batch_size=64)),
     device="cpu",
 )
 
@@ -280,12 +284,24 @@ class TestUserKNN(ItemToItemContract):
     uses_validator = False  # no hyper-parameter is searched
 
 
+class TestDAE(ItemToItemContract):
+    method = "dae"
+    seed_sensitive = True  # the network's initialisation, batches and dropout
+
+    def test_is_the_network_alone(self, fitted) -> None:
+        assert fitted.scorer.names == () and fitted.scorer.pop_weight == 0.0
+        assert fitted.scorer.dae is not None and fitted.scorer.dae_weight == 1.0
+        assert fitted.info["epochs"] == 4  # no validator: every epoch
+
+
 class TestBlend(ItemToItemContract):
     method = "blend"
+    seed_sensitive = True  # its dae term
 
     def test_without_validator_every_component_weighs_one(self, fitted) -> None:
         assert fitted.scorer.names == ("ridge", "itemknn", "userknn")
         assert fitted.scorer.weights == (1.0, 1.0, 1.0) and fitted.scorer.pop_weight == 0.1
+        assert fitted.scorer.dae is not None and fitted.scorer.dae_weight == 1.0
 
 
 # ----------------------------------------------------------------------------- quality

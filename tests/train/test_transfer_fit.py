@@ -52,6 +52,11 @@ def test_refit_on_the_same_rows_reproduces_the_fit(rows) -> None:
     for a, b in zip(again.matrices, fitted.matrices):
         np.testing.assert_allclose(a.toarray(), b.toarray(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(again.popularity, fitted.popularity)
+    # the dae term: retrained for the chosen epochs on the same rows, the same seed
+    assert fitted.dae is not None and again.dae_weight == fitted.dae_weight
+    assert info["components"]["dae"]["best_epoch"] >= 1
+    for name, array in fitted.dae.arrays.items():
+        np.testing.assert_allclose(again.dae.arrays[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_refit_on_every_row_keeps_the_choices_and_learns_the_rows(rows) -> None:
@@ -62,3 +67,23 @@ def test_refit_on_every_row_keeps_the_choices_and_learns_the_rows(rows) -> None:
     counts = books.groupby("item_id")["user_id"].nunique().reindex(tgt_ids).fillna(0).to_numpy()
     np.testing.assert_array_equal(refit.popularity, counts)  # the validation users' rows count now
     assert refit.popularity.sum() > transfer.scorer.popularity.sum()
+
+
+def test_align_scorer_moves_the_dae_network_with_the_items(rows) -> None:
+    """Re-indexed onto reversed tables with one unknown item on each side: every
+    known (history, item) score is unchanged, the new target item scores ~0."""
+    from recxfer.train.transfer_fit import align_scorer
+
+    _, transfer, _, src_ids, tgt_ids = _fit(rows)
+    scorer = transfer.scorer
+    src2 = np.concatenate([src_ids[::-1], np.array(["new-src"], dtype=object)])
+    tgt2 = np.concatenate([np.array(["new-tgt"], dtype=object), tgt_ids[::-1]])
+    moved = align_scorer(scorer, src2, tgt2)
+    rng = np.random.default_rng(0)
+    histories = [rng.choice(len(src_ids), 4, replace=False) for _ in range(5)]
+    before = scorer.dae.score(scorer.history_matrix(histories))  # (5, n_tgt)
+    pos = {i: j for j, i in enumerate(src2)}
+    after = moved.dae.score(moved.history_matrix([np.array([pos[src_ids[i]] for i in h]) for h in histories]))
+    np.testing.assert_allclose(after[:, 1:][:, ::-1], before, rtol=1e-5, atol=1e-6)
+    assert after[:, 0].max() < 1e-15  # the target item the network never saw
+    assert not moved.dae.w_in[-1].any()  # the source item it never saw: a zero row

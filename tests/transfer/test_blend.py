@@ -24,6 +24,7 @@ COMPONENTS = ("ridge", "itemknn", "userknn")
 # fixed hyper-parameters (empty grids: nothing searched), far apart so the three
 # components rank differently on the tiny data
 FIXED = BlendConfig(
+    components=COMPONENTS,  # the matrix components (the ``dae`` term: tests/transfer/test_dae.py)
     ridge=RidgeConfig(l2=1.0, l2_grid=(), top_n=100),
     itemknn=ItemKNNConfig(shrink=0.0, shrink_grid=(), top_n=100),
     userknn=UserKNNConfig(alpha=1.0, top_n=100),
