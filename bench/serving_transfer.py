@@ -17,7 +17,8 @@ same ``domains`` and ``transfer`` manifest entries, ``save_domain`` /
   (embedding + faiss path) and the cold users (origin ``transfer``, no target
   history); a ``DomainTransfer`` ``src -> tgt`` of ``--components`` random csr
   ``(n_src, n_tgt)`` matrices with ``--per-row`` entries per source row,
-  popularity, ``pop_weight`` 0.1, ``embedding_weight`` 0;
+  popularity, ``pop_weight`` 0.1, ``embedding_weight`` 0, and (``--dae-hidden``,
+  default 256 as ``blend``'s) a random ``dae`` term of weight 1;
 * ``tgt_hybrid`` (unless ``--no-hybrid``): the same tables and matrices, with
   ``embedding_weight`` 1.0 (the hybrid: the transfer user's stored target
   embedding is scored against all items too).
@@ -69,7 +70,7 @@ from flat_artifact import write_flat_artifact
 
 from recxfer.artifacts import publish
 from recxfer.index import set_search_threads, topk_dense
-from recxfer.types import DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems
+from recxfer.types import DAEScorer, DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems
 from recxfer.v1 import recommender_pb2 as pb
 from recxfer.v1 import recommender_pb2_grpc
 
@@ -142,7 +143,8 @@ def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str
     matrices = tuple(random_component(rng, n_src, n_tgt, args.per_row, signed=(name != "itemknn"))
                      for name in names)
     scorer = ItemToItemScorer(src.item_ids, tgt.item_ids, names, matrices, weights,
-                              tgt_pop.astype(np.float32), pop_weight=0.1, embedding_weight=0.0)
+                              tgt_pop.astype(np.float32), pop_weight=0.1, embedding_weight=0.0,
+                              **random_dae(rng, n_src, n_tgt, args.dae_hidden))
     domains = {SRC: src, TGT: tgt}
     transfers = {TGT: DomainTransfer(SRC, TGT, scorer)}
     if args.hybrid:
@@ -379,6 +381,19 @@ def profile(model: Any, info: dict[str, Any], args: argparse.Namespace, calls: i
             "top_own_time": top, "top_cumulative": cumulative}
 
 
+def random_dae(rng: np.random.Generator, n_src: int, n_tgt: int, hidden: int) -> dict[str, Any]:
+    """``ItemToItemScorer`` keywords of a random ``dae`` term of ``hidden`` units
+    (weight 1), or none when ``hidden`` is 0."""
+    if hidden <= 0:
+        return {}
+    scale = np.float32(hidden ** -0.5)
+    dae = DAEScorer(rng.standard_normal((n_src, hidden), dtype=np.float32) * scale,
+                    np.zeros(hidden, np.float32),
+                    rng.standard_normal((n_tgt, hidden), dtype=np.float32) * scale,
+                    rng.standard_normal(n_tgt, dtype=np.float32))
+    return {"dae": dae, "dae_weight": 1.0}
+
+
 def cost_scaling(args: argparse.Namespace) -> dict[str, Any]:
     """In-process ``transfer_search`` (one query, k=args.k) vs ``n_tgt`` (history
     ``--history-len``) and vs history length (at ``--items``), on fresh random
@@ -394,7 +409,8 @@ def cost_scaling(args: argparse.Namespace) -> dict[str, Any]:
                      for name in names)
         return ItemToItemScorer(np.arange(args.src_items).astype(object), np.arange(n_tgt).astype(object),
                                 names, mats, WEIGHTS[: args.components],
-                                rng.random(n_tgt, dtype=np.float32), 0.1)
+                                rng.random(n_tgt, dtype=np.float32), 0.1,
+                                **random_dae(rng, args.src_items, n_tgt, args.dae_hidden))
 
     def timing(scorer: ItemToItemScorer, hist_len: int) -> dict[str, float]:
         hists = [rng.choice(args.src_items, hist_len, replace=False) for _ in range(64)]
@@ -572,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hist-max", type=int, default=50)
     parser.add_argument("--components", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--per-row", type=int, default=200, help="entries per source row")
+    parser.add_argument("--dae-hidden", type=int, default=256,
+                        help="hidden units of the transfer's dae term (blend's default); 0: none")
     parser.add_argument("--no-hybrid", dest="hybrid", action="store_false",
                         help="skip the embedding_weight=1.0 variant")
     parser.add_argument("--no-blas1", dest="blas1", action="store_false",
