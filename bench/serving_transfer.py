@@ -17,8 +17,9 @@ same ``domains`` and ``transfer`` manifest entries, ``save_domain`` /
   (embedding + faiss path) and the cold users (origin ``transfer``, no target
   history); a ``DomainTransfer`` ``src -> tgt`` of ``--components`` random csr
   ``(n_src, n_tgt)`` matrices with ``--per-row`` entries per source row,
-  popularity, ``pop_weight`` 0.1, ``embedding_weight`` 0, and (``--dae-hidden``,
-  default 256 as ``blend``'s) a random ``dae`` term of weight 1;
+  popularity, ``pop_weight`` 0.1, ``embedding_weight`` 0, and a random ``dae``
+  term of weight 1 (``--dae-hidden`` units; by default what ``blend`` would train
+  over ``--items`` target items, ``dae_hidden``: 64 at 100k);
 * ``tgt_hybrid`` (unless ``--no-hybrid``): the same tables and matrices, with
   ``embedding_weight`` 1.0 (the hybrid: the transfer user's stored target
   embedding is scored against all items too).
@@ -70,6 +71,7 @@ from flat_artifact import write_flat_artifact
 
 from recxfer.artifacts import publish
 from recxfer.index import set_search_threads, topk_dense
+from recxfer.transfer.dae import DAEConfig, dae_hidden
 from recxfer.types import DAEScorer, DomainEmbeddings, DomainTransfer, ItemToItemScorer, SeenItems
 from recxfer.v1 import recommender_pb2 as pb
 from recxfer.v1 import recommender_pb2_grpc
@@ -384,7 +386,9 @@ def profile(model: Any, info: dict[str, Any], args: argparse.Namespace, calls: i
 def random_dae(rng: np.random.Generator, n_src: int, n_tgt: int, hidden: int) -> dict[str, Any]:
     """``ItemToItemScorer`` keywords of a random ``dae`` term of ``hidden`` units
     (weight 1), or none when ``hidden`` is 0."""
-    if hidden <= 0:
+    if hidden < 0:
+        hidden = dae_hidden(DAEConfig(), n_tgt)
+    if hidden == 0:
         return {}
     scale = np.float32(hidden ** -0.5)
     dae = DAEScorer(rng.standard_normal((n_src, hidden), dtype=np.float32) * scale,
@@ -588,8 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hist-max", type=int, default=50)
     parser.add_argument("--components", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--per-row", type=int, default=200, help="entries per source row")
-    parser.add_argument("--dae-hidden", type=int, default=256,
-                        help="hidden units of the transfer's dae term (blend's default); 0: none")
+    parser.add_argument("--dae-hidden", type=int, default=-1,
+                        help="hidden units of the transfer's dae term; -1: what blend's DAEConfig "
+                             "gives at --items (dae_hidden: 64 at 100k); 0: no dae term")
     parser.add_argument("--no-hybrid", dest="hybrid", action="store_false",
                         help="skip the embedding_weight=1.0 variant")
     parser.add_argument("--no-blas1", dest="blas1", action="store_false",

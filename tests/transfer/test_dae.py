@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from recxfer.transfer.blend import BlendConfig, fit_blend, fit_dae_scorer
-from recxfer.transfer.dae import DAEConfig, _bag, _Net, fit_dae
+from recxfer.transfer.dae import DAEConfig, _bag, _Net, dae_hidden, fit_dae
 from recxfer.transfer.ease import CatalogueTooLargeError
 from recxfer.transfer.interactions import build_matrices
 from recxfer.types import DAEScorer, ItemToItemScorer
@@ -132,6 +132,15 @@ def test_fit_dae_keeps_the_best_validated_epoch_and_stops_on_patience() -> None:
     np.testing.assert_array_equal(encoder.score(valid_hist), seen[2])
 
 
+def test_hidden_size_is_capped_by_the_serving_cost() -> None:
+    config = DAEConfig()  # 256 units, max_serve_cells 6.4 M
+    assert dae_hidden(config, 17_943) == 256 and dae_hidden(config, 25_000) == 256
+    assert dae_hidden(config, 100_000) == 64 and dae_hidden(config, 10_000_000) == 16
+    assert dae_hidden(DAEConfig(hidden=8), 10_000_000) == 8
+    encoder, info = fit_dae(planted_matrices(), DAEConfig(hidden=16, max_serve_cells=12 * 5, min_hidden=2, epochs=1))
+    assert info["hidden"] == 5 and encoder.w_out.shape == (12, 5) and encoder.w_in.shape == (12, 5)
+
+
 def test_fit_dae_is_seeded() -> None:
     m = planted_matrices()
     config = DAEConfig(hidden=8, epochs=3, batch_size=16)
@@ -187,7 +196,8 @@ def test_blend_without_validator_gives_the_dae_weight_one(tiny, valid_hist) -> N
 
 
 def test_config_validation() -> None:
-    for bad in ({"hidden": 0}, {"epochs": 0}, {"patience": 0}, {"max_cells": 0}, {"dropout": 1.0},
+    for bad in ({"hidden": 0}, {"epochs": 0}, {"patience": 0}, {"max_cells": 0}, {"max_serve_cells": 0},
+                {"min_hidden": 0}, {"dropout": 1.0},
                 {"dropout": -0.1}, {"lr": 0.0}):
         with pytest.raises(ValueError, match="dae"):
             DAEConfig(**bad)
