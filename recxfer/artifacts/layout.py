@@ -1,7 +1,7 @@
 """Where each domain's tables live inside an artifact, and how they are (de)serialised.
 
 No pickle anywhere: ``.npy`` is loaded with ``allow_pickle=False``. Per domain ``D``
-(artifact format 2, ``store.FORMAT``)::
+(artifact formats 2 and 3, ``store.FORMAT``; 3 adds the transfer's ``dae`` files)::
 
     domains/D/tables.json         {"layout": 2, "tables": {name: artifact-relative path}}
     domains/D/user_ids.npy        (n_users,) |S<w> UTF-8 external ids, sorted } an ``IdTable``

@@ -2,7 +2,7 @@
 
 An artifact is a folder ``ROOT/<version>/`` holding files and ``manifest.json``::
 
-    {"format": 2, "version": ..., "created_at": ..., "config": {...},
+    {"format": 3, "version": ..., "created_at": ..., "config": {...},
      "data_fingerprint": ..., "metrics": {...},
      "files": {"relative/path": {"sha256": ..., "bytes": ...}, ...}}
 
@@ -27,9 +27,11 @@ artifact without a valid record (e.g. one copied to its host) hashes every file
 and writes the record, so later processes and reloads do not hash again. Writing
 it is best effort: a folder the server cannot write is hashed on every open.
 
-Formats: ``FORMAT`` 2 (``layout.py``: id tables as memory-mappable ``.npy``, a
-domain's ``tables.json``) is written; 1 (ids as JSON lists) is still read. Any
-other is refused, naming the manifest.
+Formats: ``FORMAT`` 3 is written: 2 (``layout.py``: id tables as memory-mappable
+``.npy``, a domain's ``tables.json``) plus a transfer's optional ``dae`` term
+files, so a release that reads only 2 refuses such an artifact instead of serving
+it without the term. 2 and 1 (ids as JSON lists) are still read. Any other is
+refused, naming the manifest.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ MANIFEST = "manifest.json"
 CURRENT = "current"
 VERIFIED = ".verified"  # the writers' verification record (see the module doc)
 _VERIFIED_TMP = ".verified.tmp"  # prefix of a record being written (``.verified.tmp-<pid>-<hex>``)
-FORMAT = 2  # written
-FORMATS = (1, 2)  # read
+FORMAT = 3  # written
+FORMATS = (1, 2, 3)  # read
 # Files hashed at once by one verification (hashlib releases the GIL).
 HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 _STAGING_PREFIX = ".staging-"

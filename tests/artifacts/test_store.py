@@ -48,13 +48,22 @@ def entries(root: Path) -> list[str]:
 # ----------------------------------------------------------------------------- write
 
 
+@pytest.mark.parametrize("older", [1, 2])
+def test_artifacts_of_older_formats_are_still_read(tmp_path, monkeypatch, older) -> None:
+    monkeypatch.setattr(store, "FORMAT", older)
+    path = make(tmp_path / "artifacts", "old")
+    monkeypatch.undo()
+    assert json.loads((path / MANIFEST).read_text())["format"] == older
+    assert read_artifact(path).version == "old"
+
+
 def test_write_produces_version_folder_with_manifest(tmp_path) -> None:
     root = tmp_path / "artifacts"
     before = datetime.now(timezone.utc).replace(microsecond=0)
     path = make(root, "v1")
     assert entries(root) == ["v1"]  # no staging folder left behind
     manifest = json.loads((path / MANIFEST).read_text())
-    assert manifest["format"] == store.FORMAT == 2
+    assert manifest["format"] == store.FORMAT == 3
     assert manifest["version"] == "v1"
     assert manifest["config"] == CONFIG
     assert manifest["data_fingerprint"] == FINGERPRINT
@@ -190,7 +199,7 @@ def wrong_listed_size(path: Path) -> None:
         (remove_manifest, "partial"),
         (garbage_manifest, "unreadable"),
         (undecodable_manifest, "unreadable"),
-        (unknown_format, r"unknown artifact format 99 \(this version reads formats 1, 2\)"),
+        (unknown_format, r"unknown artifact format 99 \(this version reads formats 1, 2, 3\)"),
         (no_format, "format"),
         (no_files_key, "files"),
         (wrong_listed_size, "bytes"),
