@@ -5,7 +5,7 @@ item-to-item evidence from three views of the overlapping users, plus popularity
 * ``itemknn``: shrunk cross-domain cosine (``transfer/itemknn.py``),
 * ``userknn``: source-history neighbours' target rows (``transfer/userknn.py``),
 * ``dae``: a one-hidden-layer network from the source history to a softmax over
-  the target (``transfer/dae.py``; not a matrix: the scorer's encoder term),
+  the target (``transfer/dae.py``; not a matrix: the scorer's ``dae`` term),
 * popularity of the target items.
 
 Each component's hyper-parameter is chosen on validation alone, then the weights
@@ -94,11 +94,11 @@ class FittedScorer:
 
 
 def _scorer(m: SourceTargetMatrices, names, matrices, weights, pop_weight,
-            embedding_weight: float = 0.0, encoder: DAEScorer | None = None,
+            embedding_weight: float = 0.0, dae: DAEScorer | None = None,
             dae_weight: float = 0.0) -> ItemToItemScorer:
     return ItemToItemScorer(m.src_item_ids, m.tgt_item_ids, tuple(names), tuple(matrices),
                             tuple(float(w) for w in weights), m.target_popularity(), float(pop_weight),
-                            float(embedding_weight), encoder, float(dae_weight))
+                            float(embedding_weight), dae, float(dae_weight))
 
 
 def _single(m: SourceTargetMatrices, name: str, candidates: dict[float, sp.csr_matrix],
@@ -206,9 +206,9 @@ def fit_userknn(m: SourceTargetMatrices, config: UserKNNConfig = UserKNNConfig()
 def fit_dae_scorer(m: SourceTargetMatrices, config: DAEConfig = DAEConfig(),
                    valid_hist: sp.csr_matrix | None = None,
                    validator: ScoreValidator | None = None) -> FittedScorer:
-    """``dae`` alone: the history encoder, its epoch chosen on validation."""
-    encoder, info = fit_dae(m, config, valid_hist, validator)
-    return FittedScorer(_scorer(m, [], [], [], 0.0, 0.0, encoder, 1.0), info)
+    """``dae`` alone: the network, its epoch chosen on validation."""
+    dae, info = fit_dae(m, config, valid_hist, validator)
+    return FittedScorer(_scorer(m, [], [], [], 0.0, 0.0, dae, 1.0), info)
 
 
 def fit_blend(m: SourceTargetMatrices, config: BlendConfig = BlendConfig(),
@@ -258,7 +258,7 @@ def _fit_blend_once(m: SourceTargetMatrices, config: BlendConfig, alpha: float,
                "userknn": lambda: cached("userknn", lambda: fit_userknn(m, config.userknn, valid_hist, validator)),
                "dae": lambda: cached("dae", lambda: fit_dae_scorer(m, config.dae, valid_hist, validator))}
     names, matrices, info = [], [], {"user_alpha": alpha, "components": {}, "skipped": {}}
-    encoder = None
+    dae = None
     for name in config.components:
         try:
             fitted = fitters[name]()
@@ -268,19 +268,19 @@ def _fit_blend_once(m: SourceTargetMatrices, config: BlendConfig, alpha: float,
             continue
         info["components"][name] = fitted.info
         if name == "dae":
-            encoder = fitted.scorer.dae
+            dae = fitted.scorer.dae
             continue
         names.append(name)
         matrices.append(fitted.scorer.matrices[0])
     emb_weight, enc_weight = 0.0, 0.0
-    if not names and encoder is None:  # nothing could be built: popularity alone, said so in info
+    if not names and dae is None:  # nothing could be built: popularity alone, said so in info
         weights, pop_weight = [], 1.0
     elif validator is None or valid_hist is None:
-        weights, pop_weight, enc_weight = [1.0] * len(names), 0.1, 1.0 if encoder is not None else 0.0
+        weights, pop_weight, enc_weight = [1.0] * len(names), 0.1, 1.0 if dae is not None else 0.0
     else:
         dense = {}
-        if encoder is not None:
-            dense["dae"] = (encoder.score(valid_hist), config.dae_grid)
+        if dae is not None:
+            dense["dae"] = (dae.score(valid_hist), config.dae_grid)
         if config.embedding and valid_emb_scores is not None:
             dense["embedding"] = (_max_normalised(valid_emb_scores), config.embedding_grid)
         weights, pop_weight, dense_weights, info["valid"] = _search_weights(
@@ -291,7 +291,7 @@ def _fit_blend_once(m: SourceTargetMatrices, config: BlendConfig, alpha: float,
     info["pop_weight"] = pop_weight
     info["embedding_weight"] = emb_weight
     info["dae_weight"] = enc_weight
-    return FittedScorer(_scorer(m, names, matrices, weights, pop_weight, emb_weight, encoder, enc_weight), info)
+    return FittedScorer(_scorer(m, names, matrices, weights, pop_weight, emb_weight, dae, enc_weight), info)
 
 
 def _max_normalised(scores: np.ndarray) -> np.ndarray:
