@@ -108,8 +108,8 @@ def refit_domain_transfer(
 ) -> DomainTransfer:
     """``fitted`` (chosen on validation by ``fit_domain_transfer``, which returned
     ``info``) rebuilt on ``train`` (e.g. every row, validation users included) with
-    the same choices: each component's hyper-parameter from ``info`` (``dae``: its
-    best epoch as the number of epochs) and the weights of popularity, the embedding
+    the same choices: each component's hyper-parameter from ``info`` (``dae``: as
+    many networks, each trained for its best epoch) and the weights of popularity, the embedding
     term, the encoder term and every component from ``fitted``.
     Nothing is searched (there is nothing left to validate on). A component that
     cannot be built on the new catalogue is left out, as in the first fit.
@@ -119,8 +119,8 @@ def refit_domain_transfer(
     if fitted.scorer.dae is not None and "dae" in config.components:
         names.append("dae")
     ridge, itemknn, dae = config.ridge, config.itemknn, config.dae
-    if "best_epoch" in chosen.get("dae", {}):
-        dae = dataclasses.replace(dae, epochs=int(chosen["dae"]["best_epoch"]))
+    if "best_epochs" in chosen.get("dae", {}):  # one network per entry, each for its chosen epochs
+        dae = dataclasses.replace(dae, fixed_epochs=tuple(int(e) for e in chosen["dae"]["best_epochs"]))
     if "l2" in chosen.get("ridge", {}):
         ridge = dataclasses.replace(ridge, l2=float(chosen["ridge"]["l2"]), l2_grid=())
     if "shrink" in chosen.get("itemknn", {}):

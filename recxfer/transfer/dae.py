@@ -38,11 +38,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DAEConfig:
-    """Training of the history encoder.
+    """Training of the dae network(s).
 
     Validation (when ``fit_dae`` gets a validator) runs every ``eval_every`` epochs;
     training stops after ``patience`` evaluations without a better value, and the
-    best evaluated weights are kept. Without a validator all ``epochs`` run."""
+    best evaluated weights are kept. Without a validator all ``epochs`` run.
+
+    ``networks`` networks (seeds ``seed``, ``seed + 1``, ...) are trained and their
+    logits averaged (one network with the hidden units side by side) while
+    ``networks * n_overlap * n_tgt <= ensemble_cells``; fewer above, down to one.
+    ``fixed_epochs`` (the refit) trains one network per entry for exactly that many
+    epochs, nothing validated."""
 
     hidden: int = 256
     dropout: float = 0.5
@@ -54,24 +60,38 @@ class DAEConfig:
     max_cells: int = 400_000_000
     max_serve_cells: int = 6_400_000
     min_hidden: int = 16
+    networks: int = 3
+    ensemble_cells: int = 60_000_000
+    fixed_epochs: tuple[int, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("hidden", "batch_size", "epochs", "eval_every", "patience", "max_cells",
-                     "max_serve_cells", "min_hidden"):
+                     "max_serve_cells", "min_hidden", "networks", "ensemble_cells"):
             if getattr(self, name) < 1:
                 raise ValueError(f"dae {name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dae dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:
             raise ValueError(f"dae lr must be > 0, got {self.lr}")
+        if any(e < 1 for e in self.fixed_epochs):
+            raise ValueError(f"dae fixed_epochs must be >= 1, got {self.fixed_epochs}")
 
 
-def dae_hidden(config: DAEConfig, n_tgt: int) -> int:
-    """The hidden size a fit over ``n_tgt`` target items uses: ``config.hidden``,
-    capped so that ``hidden * n_tgt <= max_serve_cells`` (the ``w_out`` a served
-    query reads), and at least ``min(min_hidden, hidden)``."""
-    return max(min(config.min_hidden, config.hidden), min(config.hidden, config.max_serve_cells // max(n_tgt, 1)))
+def dae_networks(config: DAEConfig, n_overlap: int, n_tgt: int) -> int:
+    """How many networks a fit trains: ``len(fixed_epochs)`` when given, else
+    ``networks`` capped by ``ensemble_cells`` (at least one)."""
+    if config.fixed_epochs:
+        return len(config.fixed_epochs)
+    return max(1, min(config.networks, config.ensemble_cells // max(n_overlap * n_tgt, 1)))
+
+
+def dae_hidden(config: DAEConfig, n_tgt: int, networks: int = 1) -> int:
+    """The hidden size of each of ``networks`` networks over ``n_tgt`` target items:
+    ``config.hidden``, capped so that ``networks * hidden * n_tgt <= max_serve_cells``
+    (the ``w_out`` a served query reads), and at least ``min(min_hidden, hidden)``."""
+    cap = config.max_serve_cells // max(n_tgt * networks, 1)
+    return max(min(config.min_hidden, config.hidden), min(config.hidden, cap))
 
 
 class _Net(torch.nn.Module):
@@ -125,8 +145,9 @@ def fit_dae(
             the epoch.
 
     Returns:
-        the best encoder and what training did (``epochs``, ``best_epoch``,
-        ``valid``: value per evaluated epoch, ``seconds``).
+        the (averaged) network and what training did: ``networks``, ``hidden`` (per
+        network), the first network's ``epochs``, ``best_epoch`` and ``valid``
+        (value per evaluated epoch), every network's ``best_epochs``, ``seconds``.
 
     Raises:
         CatalogueTooLargeError: ``n_overlap * n_tgt`` is above ``config.max_cells``.
@@ -141,20 +162,52 @@ def fit_dae(
             f"dae: {len(rows)} overlapping users x {n_tgt} target items = {len(rows) * n_tgt} "
             f"softmax cells per epoch is above max_cells={config.max_cells}")
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     src, tgt = m.src[rows], m.tgt[rows]
-    hidden = dae_hidden(config, n_tgt)
+    n_nets = dae_networks(config, len(rows), n_tgt)
+    hidden = dae_hidden(config, n_tgt, n_nets)
+    fits = [_train_one(src, tgt, n_src, n_tgt, hidden, config, config.seed + k,
+                       config.fixed_epochs[k] if config.fixed_epochs else config.epochs,
+                       None if config.fixed_epochs else valid_hist,
+                       None if config.fixed_epochs else validator)
+            for k in range(n_nets)]
+    nets = [net for net, _ in fits]
+    info = {"networks": n_nets, "hidden": hidden,
+            "epochs": fits[0][1]["epochs"], "best_epoch": fits[0][1]["best_epoch"],
+            "valid": fits[0][1]["valid"], "best_epochs": [f["best_epoch"] for _, f in fits],
+            "seconds": round(time.perf_counter() - start, 3)}
+    if n_nets > 1:
+        info["valid_per_network"] = [f["valid"] for _, f in fits]
+    log.info("dae: %d overlapping users, %d network(s) of %d units, best epochs %s, %.1f s", len(rows),
+             n_nets, hidden, info["best_epochs"], info["seconds"])
+    return (nets[0] if n_nets == 1 else _averaged(nets)), info
+
+
+def _averaged(nets: list[DAEScorer]) -> DAEScorer:
+    """One network whose logits are the mean of ``nets``' logits: hidden units side
+    by side, output weights over ``len(nets)``, output biases averaged."""
+    n = np.float32(len(nets))
+    return DAEScorer(np.concatenate([d.w_in for d in nets], axis=1), np.concatenate([d.b_in for d in nets]),
+                     np.concatenate([d.w_out for d in nets], axis=1) / n,
+                     (np.sum([d.b_out for d in nets], axis=0, dtype=np.float32) / n).astype(np.float32))
+
+
+def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, n_tgt: int, hidden: int,
+               config: DAEConfig, seed: int, epochs: int, valid_hist: sp.csr_matrix | None,
+               validator: Callable[[np.ndarray], float] | None) -> tuple[DAEScorer, dict]:
+    """One network on the overlapping users' ``(n, n_src)`` / ``(n, n_tgt)`` rows."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n_rows = src.shape[0]
     net = _Net(n_src, n_tgt, hidden)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     searched = validator is not None and valid_hist is not None
     best: tuple[float, int, DAEScorer] | None = None
     values: dict[int, float] = {}
     stale, epoch = 0, 0
-    for epoch in range(1, config.epochs + 1):
-        order = rng.permutation(len(rows))
-        for lo in range(0, len(rows), config.batch_size):
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(n_rows)
+        for lo in range(0, n_rows, config.batch_size):
             b = order[lo: lo + config.batch_size]
             log_p = torch.log_softmax(net(*_bag(src[b], config.dropout, gen)), dim=1)  # (b, n_tgt)
             y = tgt[b]  # (b, n_tgt) 0/1: the loss reads only its nonzeros
@@ -164,7 +217,7 @@ def fit_dae(
             opt.zero_grad()
             loss.backward()
             opt.step()
-        if searched and (epoch % config.eval_every == 0 or epoch == config.epochs):
+        if searched and (epoch % config.eval_every == 0 or epoch == epochs):
             encoder = net.encoder()
             value = float(validator(encoder.score(valid_hist)))
             values[epoch] = value
@@ -176,8 +229,4 @@ def fit_dae(
                     break
     if best is None:
         best = (float("nan"), epoch, net.encoder())
-    info = {"epochs": epoch, "best_epoch": best[1], "valid": values,
-            "seconds": round(time.perf_counter() - start, 3), "hidden": hidden}
-    log.info("dae: %d overlapping users, best epoch %d of %d, %.1f s", len(rows), best[1], epoch,
-             info["seconds"])
-    return best[2], info
+    return best[2], {"epochs": epoch, "best_epoch": best[1], "valid": values}

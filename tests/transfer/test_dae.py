@@ -5,6 +5,8 @@ validation, the size refusal, and the term in ``blend``."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from recxfer.transfer.blend import BlendConfig, fit_blend, fit_dae_scorer
-from recxfer.transfer.dae import DAEConfig, _bag, _Net, dae_hidden, fit_dae
+from recxfer.transfer.dae import DAEConfig, _bag, _Net, dae_hidden, dae_networks, fit_dae
 from recxfer.transfer.ease import CatalogueTooLargeError
 from recxfer.transfer.interactions import build_matrices
 from recxfer.types import DAEScorer, ItemToItemScorer
@@ -107,7 +109,7 @@ def planted_matrices(n: int = 12, users_per_item: int = 6, seed: int = 0):
 
 def test_fit_dae_learns_a_planted_mapping() -> None:
     m = planted_matrices()
-    encoder, info = fit_dae(m, DAEConfig(hidden=16, epochs=150, dropout=0.0, lr=1e-2, batch_size=16))
+    encoder, info = fit_dae(m, DAEConfig(hidden=16, epochs=150, dropout=0.0, lr=1e-2, batch_size=16, networks=1))
     one_each = sp.identity(12, dtype=np.float32, format="csr")  # history {s_i} per row
     top = encoder.score(one_each).argmax(axis=1)
     np.testing.assert_array_equal(top, 11 - np.arange(12))
@@ -124,7 +126,7 @@ def test_fit_dae_keeps_the_best_validated_epoch_and_stops_on_patience() -> None:
         seen.append(scores.copy())
         return plan[len(seen) - 1]
 
-    config = DAEConfig(hidden=8, epochs=40, eval_every=2, patience=3, lr=1e-2, batch_size=16)
+    config = DAEConfig(hidden=8, epochs=40, eval_every=2, patience=3, lr=1e-2, batch_size=16, networks=1)
     encoder, info = fit_dae(m, config, valid_hist, validator)
     assert len(seen) == 6  # 5.0 at the 3rd, then 3 without better: the 7th never runs
     assert info["best_epoch"] == 6 and info["epochs"] == 12
@@ -137,13 +139,48 @@ def test_hidden_size_is_capped_by_the_serving_cost() -> None:
     assert dae_hidden(config, 17_943) == 256 and dae_hidden(config, 25_000) == 256
     assert dae_hidden(config, 100_000) == 64 and dae_hidden(config, 10_000_000) == 16
     assert dae_hidden(DAEConfig(hidden=8), 10_000_000) == 8
-    encoder, info = fit_dae(planted_matrices(), DAEConfig(hidden=16, max_serve_cells=12 * 5, min_hidden=2, epochs=1))
+    assert dae_hidden(config, 17_943, networks=3) == 118 and dae_hidden(config, 5_000, networks=3) == 256
+    encoder, info = fit_dae(planted_matrices(), DAEConfig(hidden=16, max_serve_cells=12 * 5, min_hidden=2,
+                                                          epochs=1, networks=1))
     assert info["hidden"] == 5 and encoder.w_out.shape == (12, 5) and encoder.w_in.shape == (12, 5)
+
+
+def test_networks_are_capped_by_the_training_cost() -> None:
+    config = DAEConfig()  # 3 networks while 3 * n_overlap * n_tgt <= 6e7
+    assert dae_networks(config, 1_253, 6_777) == 3 and dae_networks(config, 2_560, 5_622) == 3
+    assert dae_networks(config, 7_856, 12_655) == 1 and dae_networks(config, 5_000, 6_000) == 2
+    assert dae_networks(DAEConfig(fixed_epochs=(3, 5)), 10**6, 10**6) == 2
+
+
+def test_an_ensemble_averages_the_networks_logits() -> None:
+    """Three networks (seeds 0, 1, 2), each the single network of its seed; the
+    ensemble's logits are their mean, up to each row's constant."""
+    m = planted_matrices()
+    config = DAEConfig(hidden=4, epochs=3, batch_size=16, networks=3)
+    ensemble, info = fit_dae(m, config)
+    assert info["networks"] == 3 and info["best_epochs"] == [3, 3, 3]
+    assert ensemble.w_in.shape == (12, 12) and ensemble.w_out.shape == (12, 12)
+    singles = [fit_dae(m, dataclasses.replace(config, networks=1, seed=k))[0] for k in range(3)]
+    hist = sp.identity(12, dtype=np.float32, format="csr")
+    log_mean = np.mean([np.log(d.score(hist)) for d in singles], axis=0)  # (12, 12), per-row shifted
+    expected = np.exp(log_mean - log_mean.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(ensemble.score(hist), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_fixed_epochs_train_one_network_each_without_validation() -> None:
+    m = planted_matrices()
+    calls = []
+    config = DAEConfig(hidden=4, batch_size=16, fixed_epochs=(2, 4))
+    ensemble, info = fit_dae(m, config, sp.identity(12, dtype=np.float32, format="csr"),
+                             lambda s: calls.append(1) or 0.0)
+    assert calls == [] and info["networks"] == 2 and info["best_epochs"] == [2, 4]
+    first = fit_dae(m, DAEConfig(hidden=4, batch_size=16, networks=1, epochs=2))[0]
+    np.testing.assert_array_equal(ensemble.w_in[:, :4], first.w_in)
 
 
 def test_fit_dae_is_seeded() -> None:
     m = planted_matrices()
-    config = DAEConfig(hidden=8, epochs=3, batch_size=16)
+    config = DAEConfig(hidden=8, epochs=3, batch_size=16, networks=1)
     a, _ = fit_dae(m, config)
     b, _ = fit_dae(m, config)
     np.testing.assert_array_equal(a.w_out, b.w_out)
@@ -165,7 +202,7 @@ def test_fit_dae_without_overlap_is_a_clear_error() -> None:
 
 
 def test_blend_weights_the_dae_term_the_validator_rewards(tiny, valid_hist) -> None:
-    config = BlendConfig(dae=DAEConfig(hidden=4, epochs=4, eval_every=2, batch_size=4))
+    config = BlendConfig(dae=DAEConfig(hidden=4, epochs=4, eval_every=2, batch_size=4, networks=1))
     dae_alone = fit_dae_scorer(tiny, config.dae, valid_hist, lambda s: 0.0)
     reference = dae_alone.scorer.score(valid_hist)
 
@@ -197,7 +234,8 @@ def test_blend_without_validator_gives_the_dae_weight_one(tiny, valid_hist) -> N
 
 def test_config_validation() -> None:
     for bad in ({"hidden": 0}, {"epochs": 0}, {"patience": 0}, {"max_cells": 0}, {"max_serve_cells": 0},
-                {"min_hidden": 0}, {"dropout": 1.0},
+                {"min_hidden": 0}, {"networks": 0}, {"ensemble_cells": 0}, {"fixed_epochs": (2, 0)},
+                {"dropout": 1.0},
                 {"dropout": -0.1}, {"lr": 0.0}):
         with pytest.raises(ValueError, match="dae"):
             DAEConfig(**bad)
