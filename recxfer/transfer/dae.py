@@ -13,9 +13,12 @@ Cost per epoch: ``O(n_overlap * hidden * (|history| + n_tgt))`` — the softmax 
 the whole target catalogue. Fits whose ``n_overlap * n_tgt`` is above
 ``max_cells`` are refused with ``CatalogueTooLargeError`` (``blend`` then leaves
 the term out, as it does ``ridge`` above its size). Cost per served query:
-``O(hidden * n_tgt)`` (one read of ``w_out``), so the hidden size is capped at
-``max_serve_cells / n_tgt`` (``dae_hidden``): 256 units up to 25 k target items,
-64 at 100 k (about 2 ms a query on this 2-core host; 256 would be 11 ms).
+``O(hidden * n_tgt)`` (one read of ``w_out``), so the hidden units of all networks
+together are capped at ``max_serve_cells / n_tgt`` (``dae_hidden``): 256 units up
+to 25 k target items, 64 at 100 k (about 2 ms a query on this 2-core host; 256
+would be 11 ms). Where training is cheap (``ensemble_cells``) up to ``networks``
+networks of different seeds are trained and their logits averaged, which is one
+network again (``DAEScorer``), so serving does not change.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def fit_dae(
     valid_hist: sp.csr_matrix | None = None,
     validator: Callable[[np.ndarray], float] | None = None,
 ) -> tuple[DAEScorer, dict]:
-    """Train the history encoder on the overlapping users of ``m``.
+    """Train the dae network(s) on the overlapping users of ``m``.
 
     Args:
         valid_hist: ``(n_valid, n_src)`` the validation users' source histories.
