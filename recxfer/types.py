@@ -6,7 +6,7 @@ positions into an embedding table. The two are never mixed in one array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
@@ -148,7 +148,7 @@ class DAEScorer:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """The four parameter arrays by name (what an artifact stores)."""
-        return {"w_in": self.w_in, "b_in": self.b_in, "w_out": self.w_out, "b_out": self.b_out}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def score(self, hist: Any) -> np.ndarray:
         """``(n, n_tgt)`` float32 scores of ``hist``, a ``(n, n_src)`` csr 0/1 history

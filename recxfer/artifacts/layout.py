@@ -30,7 +30,7 @@ Per target ``T`` with an item-to-item transfer (``DomainTransfer``), aligned to 
 source's and the target's item tables::
 
     transfer/T/meta.json         {"source", "names", "weights", "pop_weight", "embedding_weight",
-                                  "dae_weight" (only with an encoder)}
+                                  "dae_weight" (only with a dae term)}
     transfer/T/popularity.npy    (n_tgt,) float32
     transfer/T/<name>_{indptr,indices,data}.npy   csr (n_src, n_tgt) per component
     transfer/T/dae_{w_in,b_in,w_out,b_out}.npy  float32 (n_src, h), (h,), (n_tgt, h),
@@ -39,6 +39,7 @@ source's and the target's item tables::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -374,18 +375,14 @@ def load_transfer(
                                        shape=shape)
             matrices.append(matrix)
         popularity = _load_array(artifact.file(f"{base}/popularity.npy"), mmap)
-        encoder = None
-        if "dae_weight" in meta:  # written with an encoder term (``dae``)
-            parts = {p: _load_array(artifact.file(f"{base}/dae_{p}.npy"), mmap).astype(np.float32, copy=False)
-                     for p in ("w_in", "b_in", "w_out", "b_out")}
-            encoder = DAEScorer(**parts)
-            if (encoder.w_in.shape[0], encoder.w_out.shape[0]) != shape:
-                raise ArtifactError(f"{where}: dae network maps {encoder.w_in.shape[0]} -> "
-                                    f"{encoder.w_out.shape[0]} items; the item tables are {shape}")
+        dae = None
+        if "dae_weight" in meta:  # written with a dae term; shapes checked by the scorer below
+            dae = DAEScorer(**{f.name: _load_array(artifact.file(f"{base}/dae_{f.name}.npy"), mmap)
+                               .astype(np.float32, copy=False) for f in dataclasses.fields(DAEScorer)})
         scorer = ItemToItemScorer(src_item_ids, tgt_item_ids, tuple(str(n) for n in names),
                                   tuple(matrices), tuple(float(w) for w in weights),
                                   popularity.astype(np.float32, copy=False), float(meta["pop_weight"]),
-                                  float(meta.get("embedding_weight", 0.0)), encoder,
+                                  float(meta.get("embedding_weight", 0.0)), dae,
                                   float(meta.get("dae_weight", 0.0)))
         return DomainTransfer(str(meta["source"]), target, scorer)
     except ArtifactError:

@@ -35,27 +35,25 @@ def align_scorer(scorer: ItemToItemScorer, src_item_ids: np.ndarray, tgt_item_id
     matrices = tuple(sp.csr_matrix(pick @ m @ place, dtype=np.float32) for m in scorer.matrices)
     popularity = np.zeros(len(tgt_item_ids), np.float32)
     popularity[col_of[cols_have]] = scorer.popularity[cols_have]
-    encoder = None if scorer.dae is None else _align_dae(
-        scorer.dae, row_of, col_of, len(tgt_item_ids))
+    dae = None if scorer.dae is None else _align_dae(scorer.dae, row_of, col_of, len(tgt_item_ids))
     return ItemToItemScorer(np.asarray(src_item_ids, dtype=object), np.asarray(tgt_item_ids, dtype=object),
                             scorer.names, matrices, scorer.weights, popularity, scorer.pop_weight,
-                            scorer.embedding_weight, encoder, scorer.dae_weight)
+                            scorer.embedding_weight, dae, scorer.dae_weight)
 
 
-def _align_dae(encoder: DAEScorer, row_of: np.ndarray, col_of: np.ndarray,
-                   n_tgt: int) -> DAEScorer:
-    """``encoder`` on other tables: ``row_of`` ``(n_src',)`` the encoder's source row
+def _align_dae(dae: DAEScorer, row_of: np.ndarray, col_of: np.ndarray, n_tgt: int) -> DAEScorer:
+    """``dae`` on other tables: ``row_of`` ``(n_src',)`` the network's source row
     of each new source item (-1: none, a zero row), ``col_of`` ``(n_tgt_old,)`` the new
     column of each old target item (-1: dropped). New target items get a zero output
     row and a bias 50 below the lowest, so their score is ``exp(-50)``-small."""
-    w_in = np.zeros((len(row_of), encoder.w_in.shape[1]), np.float32)
-    w_in[row_of >= 0] = encoder.w_in[row_of[row_of >= 0]]
-    w_out = np.zeros((n_tgt, encoder.w_out.shape[1]), np.float32)
-    b_out = np.full(n_tgt, float(encoder.b_out.min(initial=0.0)) - 50.0, np.float32)
+    w_in = np.zeros((len(row_of), dae.w_in.shape[1]), np.float32)
+    w_in[row_of >= 0] = dae.w_in[row_of[row_of >= 0]]
+    w_out = np.zeros((n_tgt, dae.w_out.shape[1]), np.float32)
+    b_out = np.full(n_tgt, float(dae.b_out.min(initial=0.0)) - 50.0, np.float32)
     have = col_of >= 0
-    w_out[col_of[have]] = encoder.w_out[have]
-    b_out[col_of[have]] = encoder.b_out[have]
-    return DAEScorer(w_in, encoder.b_in.copy(), w_out, b_out)
+    w_out[col_of[have]] = dae.w_out[have]
+    b_out[col_of[have]] = dae.b_out[have]
+    return DAEScorer(w_in, dae.b_in.copy(), w_out, b_out)
 
 
 def fit_domain_transfer(
@@ -109,8 +107,8 @@ def refit_domain_transfer(
     """``fitted`` (chosen on validation by ``fit_domain_transfer``, which returned
     ``info``) rebuilt on ``train`` (e.g. every row, validation users included) with
     the same choices: each component's hyper-parameter from ``info`` (``dae``: as
-    many networks, each trained for its best epoch) and the weights of popularity, the embedding
-    term, the encoder term and every component from ``fitted``.
+    many networks, each trained for its best epoch) and the weights of popularity, the
+    embedding term, the dae term and every component from ``fitted``.
     Nothing is searched (there is nothing left to validate on). A component that
     cannot be built on the new catalogue is left out, as in the first fit.
     """
