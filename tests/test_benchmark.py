@@ -251,7 +251,7 @@ def test_cli_bench_cdr_missing_folder_is_bad_input(tmp_path, capsys) -> None:
 def test_default_method_is_the_shipped_blend(cdrib_dirs) -> None:
     result = run_bench_cdr("cdrib", *cdrib_dirs, None, seed=0, config=TINY, n_neg=N_NEG)
     assert result["method"] == "blend"
-    assert set(result["info"]["weights"]) <= {"ridge", "itemknn", "userknn"}
+    assert set(result["info"]["weights"]) <= {"ridge", "itemknn", "userknn", "twohop"}
     assert result["protocol"]["ties"] == "seeded random"
 
 

@@ -106,8 +106,9 @@ def refit_domain_transfer(
 ) -> DomainTransfer:
     """``fitted`` (chosen on validation by ``fit_domain_transfer``, which returned
     ``info``) rebuilt on ``train`` (e.g. every row, validation users included) with
-    the same choices: each component's hyper-parameter from ``info`` (``dae``: as
-    many networks, each trained for its best epoch) and the weights of popularity, the
+    the same choices: each component's hyper-parameter and the users' weighting
+    (``user_alpha``) from ``info`` (``dae``: as many networks, each trained for its
+    best epoch) and the weights of popularity, the
     embedding term, the dae term and every component from ``fitted``.
     Nothing is searched (there is nothing left to validate on). A component that
     cannot be built on the new catalogue is left out, as in the first fit.
@@ -123,13 +124,19 @@ def refit_domain_transfer(
         ridge = dataclasses.replace(ridge, l2=float(chosen["ridge"]["l2"]), l2_grid=())
     if "shrink" in chosen.get("itemknn", {}):
         itemknn = dataclasses.replace(itemknn, shrink=float(chosen["itemknn"]["shrink"]), shrink_grid=())
+    twohop = config.twohop
+    if "shrink" in chosen.get("twohop", {}):
+        twohop = dataclasses.replace(twohop, shrink=float(chosen["twohop"]["shrink"]), shrink_grid=())
+    # the users' weighting of ridge, itemknn and twohop chosen with the weights
+    alphas = (float(info["user_alpha"]),) if "user_alpha" in info else config.user_alpha_grid
     weight_of = dict(zip(fitted.scorer.names, fitted.scorer.weights))
     matrices = build_matrices(train, fitted.source, fitted.target)
     scorer = ItemToItemScorer(matrices.src_item_ids, matrices.tgt_item_ids, (), (), (),
                               matrices.target_popularity(), fitted.scorer.pop_weight,
                               fitted.scorer.embedding_weight)
     if names:
-        cfg = dataclasses.replace(config, components=tuple(names), ridge=ridge, itemknn=itemknn, dae=dae)
+        cfg = dataclasses.replace(config, components=tuple(names), ridge=ridge, itemknn=itemknn, dae=dae,
+                                  twohop=twohop, user_alpha_grid=alphas)
         rebuilt = fit_blend(matrices, cfg).scorer  # no validator: every component at its default
         scorer = ItemToItemScorer(
             rebuilt.src_item_ids, rebuilt.tgt_item_ids, rebuilt.names, rebuilt.matrices,

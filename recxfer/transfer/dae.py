@@ -9,8 +9,10 @@ domains). It is the nonlinear counterpart of ``ridge`` (a linear map fit by
 squared error): on the Douban pairs, where users have long histories, it is the
 strongest single method (see the README), and in ``blend`` it is one more term.
 
-Cost per epoch: ``O(n_overlap * hidden * (|history| + n_tgt))`` — the softmax over
-the whole target catalogue. Fits whose ``n_overlap * n_tgt`` is above
+Cost per epoch: ``O(n_overlap * hidden * (|history| + n_out))`` — the softmax over
+the ``n_out`` target items some overlapping user has (the others, never a label, sit
+below every trained item: 74 % of clothing's items are in it, so a quarter of the
+cost is saved there). Fits whose ``n_overlap * n_out`` is above
 ``max_cells`` are refused with ``CatalogueTooLargeError`` (``blend`` then leaves
 the term out, as it does ``ridge`` above its size). Cost per served query:
 ``O(hidden * n_tgt)`` (one read of ``w_out``), so the hidden units of all networks
@@ -37,6 +39,9 @@ from recxfer.transfer.interactions import SourceTargetMatrices
 from recxfer.types import DAEScorer
 
 log = logging.getLogger(__name__)
+
+# how far below the smallest trained bias a target item without training users sits
+INACTIVE_LOGIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -114,11 +119,22 @@ class _Net(torch.nn.Module):
         -> ``(b, n_tgt)`` logits."""
         return self.dec(torch.tanh(self.w_in(items, offsets, per_sample_weights=weights) + self.b_in))
 
-    def encoder(self) -> DAEScorer:
+    def encoder(self, outputs: np.ndarray, n_tgt: int) -> DAEScorer:
+        """The ``DAEScorer`` over all ``n_tgt`` target items; this net's outputs are
+        the items at ``outputs`` (``(n_out,)`` positions). An item that no training user
+        has gets no weights and a bias ``INACTIVE_LOGIT`` below the smallest, so its
+        score is ``exp(-INACTIVE_LOGIT)`` of the others at most (numerically 0)."""
         def arr(t: torch.Tensor) -> np.ndarray:
             return np.array(t.detach().cpu().numpy(), np.float32, copy=True)  # not a view of training
 
-        return DAEScorer(arr(self.w_in.weight), arr(self.b_in), arr(self.dec.weight), arr(self.dec.bias))
+        w_out, b_out = arr(self.dec.weight), arr(self.dec.bias)
+        if len(outputs) < n_tgt:
+            full_w = np.zeros((n_tgt, w_out.shape[1]), np.float32)
+            full_w[outputs] = w_out
+            full_b = np.full(n_tgt, b_out.min(initial=0.0) - INACTIVE_LOGIT, np.float32)
+            full_b[outputs] = b_out
+            w_out, b_out = full_w, full_b
+        return DAEScorer(arr(self.w_in.weight), arr(self.b_in), w_out, b_out)
 
 
 def _bag(rows: sp.csr_matrix, dropout: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -160,21 +176,25 @@ def fit_dae(
     n_src, n_tgt = m.src.shape[1], m.tgt.shape[1]
     if len(rows) == 0:
         raise ValueError("dae needs users with rows in both domains; there are none")
-    if len(rows) * n_tgt > config.max_cells:
-        raise CatalogueTooLargeError(
-            f"dae: {len(rows)} overlapping users x {n_tgt} target items = {len(rows) * n_tgt} "
-            f"softmax cells per epoch is above max_cells={config.max_cells}")
     start = time.perf_counter()
     src, tgt = m.src[rows], m.tgt[rows]
-    n_nets = dae_networks(config, len(rows), n_tgt)
+    # the softmax spans the target items some overlapping user has (the others are
+    # never a label: ``_Net.encoder`` puts them below every trained one)
+    outputs = np.flatnonzero(np.diff(tgt.tocsc().indptr) > 0)
+    if len(rows) * len(outputs) > config.max_cells:
+        raise CatalogueTooLargeError(
+            f"dae: {len(rows)} overlapping users x {len(outputs)} target items = {len(rows) * len(outputs)} "
+            f"softmax cells per epoch is above max_cells={config.max_cells}")
+    tgt = tgt[:, outputs]
+    n_nets = dae_networks(config, len(rows), len(outputs))
     hidden = dae_hidden(config, n_tgt, n_nets)
-    fits = [_train_one(src, tgt, n_src, n_tgt, hidden, config, config.seed + k,
+    fits = [_train_one(src, tgt, n_src, outputs, n_tgt, hidden, config, config.seed + k,
                        config.fixed_epochs[k] if config.fixed_epochs else config.epochs,
                        None if config.fixed_epochs else valid_hist,
                        None if config.fixed_epochs else validator)
             for k in range(n_nets)]
     nets = [net for net, _ in fits]
-    info = {"networks": n_nets, "hidden": hidden,
+    info = {"networks": n_nets, "hidden": hidden, "outputs": int(len(outputs)),
             "epochs": fits[0][1]["epochs"], "best_epoch": fits[0][1]["best_epoch"],
             "valid": fits[0][1]["valid"], "best_epochs": [f["best_epoch"] for _, f in fits],
             "seconds": round(time.perf_counter() - start, 3)}
@@ -194,15 +214,16 @@ def _averaged(nets: list[DAEScorer]) -> DAEScorer:
                      (np.sum([d.b_out for d in nets], axis=0, dtype=np.float32) / n).astype(np.float32))
 
 
-def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, n_tgt: int, hidden: int,
-               config: DAEConfig, seed: int, epochs: int, valid_hist: sp.csr_matrix | None,
+def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, outputs: np.ndarray, n_tgt: int,
+               hidden: int, config: DAEConfig, seed: int, epochs: int, valid_hist: sp.csr_matrix | None,
                validator: Callable[[np.ndarray], float] | None) -> tuple[DAEScorer, dict]:
-    """One network on the overlapping users' ``(n, n_src)`` / ``(n, n_tgt)`` rows."""
+    """One network on the overlapping users' ``(n, n_src)`` / ``(n, n_out)`` rows
+    (``tgt``'s columns are the target items at ``outputs``, of ``n_tgt``)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     n_rows = src.shape[0]
-    net = _Net(n_src, n_tgt, hidden)
+    net = _Net(n_src, len(outputs), hidden)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     searched = validator is not None and valid_hist is not None
     best: tuple[float, int, DAEScorer] | None = None
@@ -221,7 +242,7 @@ def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, n_tgt: int, h
             loss.backward()
             opt.step()
         if searched and (epoch % config.eval_every == 0 or epoch == epochs):
-            encoder = net.encoder()
+            encoder = net.encoder(outputs, n_tgt)
             value = float(validator(encoder.score(valid_hist)))
             values[epoch] = value
             if best is None or value > best[0]:
@@ -231,5 +252,5 @@ def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, n_tgt: int, h
                 if stale >= config.patience:
                     break
     if best is None:
-        best = (float("nan"), epoch, net.encoder())
+        best = (float("nan"), epoch, net.encoder(outputs, n_tgt))
     return best[2], {"epochs": epoch, "best_epoch": best[1], "valid": values}

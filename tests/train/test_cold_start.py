@@ -299,8 +299,8 @@ class TestBlend(ItemToItemContract):
     seed_sensitive = True  # its dae term
 
     def test_without_validator_every_component_weighs_one(self, fitted) -> None:
-        assert fitted.scorer.names == ("ridge", "itemknn", "userknn")
-        assert fitted.scorer.weights == (1.0, 1.0, 1.0) and fitted.scorer.pop_weight == 0.1
+        assert fitted.scorer.names == ("ridge", "itemknn", "userknn", "twohop")
+        assert fitted.scorer.weights == (1.0, 1.0, 1.0, 1.0) and fitted.scorer.pop_weight == 0.1
         assert fitted.scorer.dae is not None and fitted.scorer.dae_weight == 1.0
 
 

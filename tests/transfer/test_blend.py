@@ -217,8 +217,8 @@ def test_popularity_weight_is_chosen_when_rewarded(tiny, valid_hist) -> None:
 
 @pytest.mark.parametrize("with_validator", [False, True])
 def test_a_component_too_large_is_skipped_and_recorded(tiny, valid_hist, with_validator) -> None:
-    config = BlendConfig(ridge=RidgeConfig(l2=1.0, l2_grid=(), max_items=2), itemknn=FIXED.itemknn,
-                         userknn=FIXED.userknn)
+    config = BlendConfig(components=COMPONENTS, ridge=RidgeConfig(l2=1.0, l2_grid=(), max_items=2),
+                         itemknn=FIXED.itemknn, userknn=FIXED.userknn)
     args = (valid_hist, cosine_to(component_scores(tiny, valid_hist, "userknn"))) if with_validator else ()
     fitted = fit_blend(tiny, config, *args)
     assert fitted.scorer.names == ("itemknn", "userknn")

@@ -80,7 +80,36 @@ def test_the_torch_module_is_the_numpy_scorer() -> None:
     with torch.no_grad():
         logits = net(*_bag(hist, 0.0, torch.Generator())).numpy()
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
-    np.testing.assert_allclose(net.encoder().score(hist), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.encoder(np.arange(5), 5).score(hist), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_items_without_training_users_score_below_every_trained_one() -> None:
+    """A net over 3 of 7 target items (positions 1, 4, 6): those keep the net's
+    scores, the other 4 get about 0, below each of them."""
+    torch.manual_seed(0)
+    net = _Net(6, 3, 3)
+    hist = sp.csr_matrix(np.array([[1, 0, 1, 0, 0, 1], [0, 1, 0, 0, 0, 0]], np.float32))
+    with torch.no_grad():
+        logits = net(*_bag(hist, 0.0, torch.Generator())).numpy()
+    full = net.encoder(np.array([1, 4, 6]), 7).score(hist)  # (2, 7)
+    assert full.shape == (2, 7)
+    np.testing.assert_allclose(full[:, [1, 4, 6]], np.exp(logits - logits.max(axis=1, keepdims=True)),
+                               rtol=1e-5, atol=1e-6)
+    others = full[:, [0, 2, 3, 5]]
+    assert (others < 1e-9).all() and (others.max(axis=1) < full[:, [1, 4, 6]].min(axis=1)).all()
+
+
+def test_fit_trains_only_items_some_overlapping_user_has() -> None:
+    """``t_extra`` is bought only by a target-only user: outside the softmax, scored
+    below every other item, and said so in ``info["outputs"]``."""
+    rows = [(f"u{u}", f"s{u % 12:02d}", "video") for u in range(72)]
+    rows += [(f"u{u}", f"t{11 - u % 12:02d}", "books") for u in range(72)] + [("solo", "t_extra", "books")]
+    m = build_matrices(pd.DataFrame(rows, columns=["user_id", "item_id", "domain"]), "video", "books")
+    dae, info = fit_dae(m, DAEConfig(hidden=8, epochs=4, networks=1))
+    extra = list(m.tgt_item_ids).index("t_extra")
+    assert info["outputs"] == len(m.tgt_item_ids) - 1 == 12
+    scores = dae.score(sp.identity(12, dtype=np.float32, format="csr"))  # (12, 13)
+    assert (scores[:, extra] < np.delete(scores, extra, axis=1).min(axis=1)).all()
 
 
 def test_dropout_keeps_the_expected_input() -> None:
