@@ -3,6 +3,8 @@ choices validation made are kept, the matrices rebuilt on the new rows."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,10 +14,15 @@ from recxfer.train.transfer_fit import fit_domain_transfer, refit_domain_transfe
 from recxfer.transfer.blend import BlendConfig
 from recxfer.transfer.itemknn import ItemKNNConfig
 from recxfer.transfer.ridge import RidgeConfig
+from recxfer.transfer.twohop import TwoHopConfig
 
 SOURCE, TARGET = "video", "books"
 CONFIG = BlendConfig(ridge=RidgeConfig(l2_grid=(10.0, 1000.0)), itemknn=ItemKNNConfig(shrink_grid=(0.0, 200.0)),
                      weight_grid=(0.0, 1.0), pop_grid=(0.0, 0.3))
+# user weights on, every stage-2 gain taken: the refit must carry user_alpha and the
+# twohop shrinkage it chose
+WEIGHTED = dataclasses.replace(CONFIG, user_alpha_grid=(0.5,), twohop=TwoHopConfig(shrink_grid=(0.0, 50.0)),
+                               twohop_grid=(1.0, 3.0), min_gain=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +32,7 @@ def rows() -> pd.DataFrame:
     return frame
 
 
-def _fit(rows: pd.DataFrame):
+def _fit(rows: pd.DataFrame, config: BlendConfig = CONFIG):
     books = rows[rows["domain"] == TARGET]
     valid_users = np.sort(books["user_id"].unique())[:40]
     train = rows[~((rows["domain"] == TARGET) & rows["user_id"].isin(valid_users))]
@@ -38,15 +45,17 @@ def _fit(rows: pd.DataFrame):
 
     src_ids = np.sort(rows.loc[rows["domain"] == SOURCE, "item_id"].unique()).astype(object)
     tgt_ids = np.sort(books["item_id"].unique()).astype(object)
-    transfer, info = fit_domain_transfer(train, SOURCE, TARGET, CONFIG, src_ids, tgt_ids, valid_users,
+    transfer, info = fit_domain_transfer(train, SOURCE, TARGET, config, src_ids, tgt_ids, valid_users,
                                          validator)
     return train, transfer, info, src_ids, tgt_ids
 
 
-def test_refit_on_the_same_rows_reproduces_the_fit(rows) -> None:
-    train, transfer, info, src_ids, tgt_ids = _fit(rows)
-    again = refit_domain_transfer(train, transfer, info, CONFIG, src_ids, tgt_ids).scorer
+@pytest.mark.parametrize("config", [CONFIG, WEIGHTED], ids=["plain", "user-weighted"])
+def test_refit_on_the_same_rows_reproduces_the_fit(rows, config) -> None:
+    train, transfer, info, src_ids, tgt_ids = _fit(rows, config)
+    again = refit_domain_transfer(train, transfer, info, config, src_ids, tgt_ids).scorer
     fitted = transfer.scorer
+    assert info["user_alpha"] == config.user_alpha_grid[0]
     assert again.names == fitted.names and again.weights == fitted.weights
     assert (again.pop_weight, again.embedding_weight) == (fitted.pop_weight, fitted.embedding_weight)
     for a, b in zip(again.matrices, fitted.matrices):
@@ -87,3 +96,19 @@ def test_align_scorer_moves_the_dae_network_with_the_items(rows) -> None:
     np.testing.assert_allclose(after[:, 1:][:, ::-1], before, rtol=1e-5, atol=1e-6)
     assert after[:, 0].max() < 1e-15  # the target item the network never saw
     assert not moved.dae.w_in[-1].any()  # the source item it never saw: a zero row
+
+
+def test_refit_builds_twohop_with_the_chosen_shrinkage(rows) -> None:
+    """A fit without validation weighs twohop 1 at its shrinkage (50); the refit, given
+    a config whose default shrinkage differs, rebuilds it at the chosen 50."""
+    src_ids = np.sort(rows.loc[rows["domain"] == SOURCE, "item_id"].unique()).astype(object)
+    tgt_ids = np.sort(rows.loc[rows["domain"] == TARGET, "item_id"].unique()).astype(object)
+    chosen = BlendConfig(components=("itemknn", "twohop"), twohop=TwoHopConfig(shrink=50.0))
+    transfer, info = fit_domain_transfer(rows, SOURCE, TARGET, chosen, src_ids, tgt_ids)
+    assert transfer.scorer.names == ("itemknn", "twohop") and info["components"]["twohop"] == {"shrink": 50.0}
+    other_default = dataclasses.replace(chosen, twohop=TwoHopConfig(shrink=0.0))
+    again = refit_domain_transfer(rows, transfer, info, other_default, src_ids, tgt_ids).scorer
+    assert again.names == ("itemknn", "twohop") and again.weights == (1.0, 1.0)
+    np.testing.assert_allclose(again.matrices[1].toarray(), transfer.scorer.matrices[1].toarray(), rtol=1e-6)
+    at_zero = fit_domain_transfer(rows, SOURCE, TARGET, other_default, src_ids, tgt_ids)[0].scorer
+    assert not np.allclose(at_zero.matrices[1].toarray(), transfer.scorer.matrices[1].toarray())
