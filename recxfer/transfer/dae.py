@@ -36,6 +36,7 @@ import torch
 
 from recxfer.transfer.ease import CatalogueTooLargeError
 from recxfer.transfer.interactions import SourceTargetMatrices
+from recxfer.transfer.twohop import source_similarity
 from recxfer.types import DAEScorer
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,14 @@ class DAEConfig:
     ensemble_cells: int = 60_000_000
     fixed_epochs: tuple[int, ...] = ()
     seed: int = 0
+    # the input history expanded through similar source items: ``x = (h / ||h||) @
+    # (I + expand * S)``, ``S`` the source cosine over every user with source rows
+    # (``expand_top_n`` neighbours per item, shrinkage ``expand_shrink``, rows summing
+    # to 1); 0 turns it off. Folded into ``w_in`` after training (``E @ w_in``), so the
+    # served network is unchanged in form.
+    expand: float = 1.0
+    expand_top_n: int = 50
+    expand_shrink: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("hidden", "batch_size", "epochs", "eval_every", "patience", "max_cells",
@@ -82,6 +91,9 @@ class DAEConfig:
             raise ValueError(f"dae dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:
             raise ValueError(f"dae lr must be > 0, got {self.lr}")
+        if self.expand < 0 or self.expand_shrink < 0 or self.expand_top_n < 1:
+            raise ValueError(f"dae expand and expand_shrink must be >= 0 and expand_top_n >= 1, got "
+                             f"{self.expand}, {self.expand_shrink}, {self.expand_top_n}")
         if any(e < 1 for e in self.fixed_epochs):
             raise ValueError(f"dae fixed_epochs must be >= 1, got {self.fixed_epochs}")
 
@@ -119,11 +131,13 @@ class _Net(torch.nn.Module):
         -> ``(b, n_tgt)`` logits."""
         return self.dec(torch.tanh(self.w_in(items, offsets, per_sample_weights=weights) + self.b_in))
 
-    def encoder(self, outputs: np.ndarray, n_tgt: int) -> DAEScorer:
+    def encoder(self, outputs: np.ndarray, n_tgt: int, expand: sp.csr_matrix | None = None) -> DAEScorer:
         """The ``DAEScorer`` over all ``n_tgt`` target items; this net's outputs are
         the items at ``outputs`` (``(n_out,)`` positions). An item that no training user
         has gets no weights and a bias ``INACTIVE_LOGIT`` below the smallest, so its
-        score is ``exp(-INACTIVE_LOGIT)`` of the others at most (numerically 0)."""
+        score is ``exp(-INACTIVE_LOGIT)`` of the others at most (numerically 0).
+        ``expand`` (``(n_src, n_src)``, the input expansion ``E`` the net was trained
+        behind) is folded into the input weights: ``w_in = E @ W``."""
         def arr(t: torch.Tensor) -> np.ndarray:
             return np.array(t.detach().cpu().numpy(), np.float32, copy=True)  # not a view of training
 
@@ -134,20 +148,42 @@ class _Net(torch.nn.Module):
             full_b = np.full(n_tgt, b_out.min(initial=0.0) - INACTIVE_LOGIT, np.float32)
             full_b[outputs] = b_out
             w_out, b_out = full_w, full_b
-        return DAEScorer(arr(self.w_in.weight), arr(self.b_in), w_out, b_out)
+        w_in = arr(self.w_in.weight)  # (n_src, hidden)
+        if expand is not None:
+            w_in = np.asarray(expand @ w_in, np.float32)
+        return DAEScorer(w_in, arr(self.b_in), w_out, b_out)
 
 
-def _bag(rows: sp.csr_matrix, dropout: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def _bag(rows: sp.csr_matrix, dropout: float, gen: torch.Generator,
+         expand: sp.csr_matrix | None = None) -> tuple[torch.Tensor, ...]:
     """``rows`` ``(b, n_src)`` 0/1 as ``(items, offsets, weights)``: each row over its
-    L2 norm, then (``dropout > 0``) inverted dropout of its entries."""
+    L2 norm, times ``expand`` (``(n_src, n_src)``) when given, then (``dropout > 0``)
+    inverted dropout of its entries."""
     length = np.diff(rows.indptr)
-    norm = np.repeat(np.sqrt(np.maximum(length, 1)), length).astype(np.float32)  # (nnz,)
-    weights = torch.from_numpy(np.asarray(rows.data, np.float32) / norm)
+    if expand is not None:
+        rows = sp.csr_matrix(sp.diags((1.0 / np.sqrt(np.maximum(length, 1))).astype(np.float32)) @ rows @ expand,
+                             dtype=np.float32)
+        weights = torch.from_numpy(np.asarray(rows.data, np.float32))
+    else:
+        norm = np.repeat(np.sqrt(np.maximum(length, 1)), length).astype(np.float32)  # (nnz,)
+        weights = torch.from_numpy(np.asarray(rows.data, np.float32) / norm)
     if dropout > 0:
         keep = torch.rand(len(weights), generator=gen) >= dropout
         weights = weights * keep / (1.0 - dropout)
     return (torch.from_numpy(rows.indices.astype(np.int64)), torch.from_numpy(rows.indptr[:-1].astype(np.int64)),
             weights)
+
+
+def expansion(src: sp.csr_matrix, config: DAEConfig) -> sp.csr_matrix | None:
+    """``(n_src, n_src)`` csr ``I + expand * S`` (``S``: the source cosine over the rows
+    of ``src``, every user's, rows scaled to sum 1), or ``None`` when ``expand`` is 0."""
+    if config.expand == 0:
+        return None
+    similar = source_similarity(src, config.expand_shrink, config.expand_top_n)
+    total = np.asarray(similar.sum(axis=1), np.float64).ravel()  # (n_src,)
+    scale = np.divide(config.expand, total, out=np.zeros_like(total), where=total > 0)
+    return sp.csr_matrix(sp.identity(src.shape[1], np.float32, format="csr")
+                         + sp.diags(scale.astype(np.float32)) @ similar, dtype=np.float32)
 
 
 def fit_dae(
@@ -186,9 +222,10 @@ def fit_dae(
             f"dae: {len(rows)} overlapping users x {len(outputs)} target items = {len(rows) * len(outputs)} "
             f"softmax cells per epoch is above max_cells={config.max_cells}")
     tgt = tgt[:, outputs]
+    expand = expansion(m.src, config)  # every user's source rows: source-only users count
     n_nets = dae_networks(config, len(rows), len(outputs))
     hidden = dae_hidden(config, n_tgt, n_nets)
-    fits = [_train_one(src, tgt, n_src, outputs, n_tgt, hidden, config, config.seed + k,
+    fits = [_train_one(src, tgt, n_src, outputs, n_tgt, expand, hidden, config, config.seed + k,
                        config.fixed_epochs[k] if config.fixed_epochs else config.epochs,
                        None if config.fixed_epochs else valid_hist,
                        None if config.fixed_epochs else validator)
@@ -215,10 +252,12 @@ def _averaged(nets: list[DAEScorer]) -> DAEScorer:
 
 
 def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, outputs: np.ndarray, n_tgt: int,
-               hidden: int, config: DAEConfig, seed: int, epochs: int, valid_hist: sp.csr_matrix | None,
+               expand: sp.csr_matrix | None, hidden: int, config: DAEConfig, seed: int, epochs: int,
+               valid_hist: sp.csr_matrix | None,
                validator: Callable[[np.ndarray], float] | None) -> tuple[DAEScorer, dict]:
     """One network on the overlapping users' ``(n, n_src)`` / ``(n, n_out)`` rows
-    (``tgt``'s columns are the target items at ``outputs``, of ``n_tgt``)."""
+    (``tgt``'s columns are the target items at ``outputs``, of ``n_tgt``), its input
+    behind ``expand`` (``expansion``)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -233,7 +272,7 @@ def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, outputs: np.n
         order = rng.permutation(n_rows)
         for lo in range(0, n_rows, config.batch_size):
             b = order[lo: lo + config.batch_size]
-            log_p = torch.log_softmax(net(*_bag(src[b], config.dropout, gen)), dim=1)  # (b, n_tgt)
+            log_p = torch.log_softmax(net(*_bag(src[b], config.dropout, gen, expand)), dim=1)  # (b, n_out)
             y = tgt[b]  # (b, n_tgt) 0/1: the loss reads only its nonzeros
             picked = log_p[torch.from_numpy(np.repeat(np.arange(len(b)), np.diff(y.indptr))),
                            torch.from_numpy(y.indices.astype(np.int64))]
@@ -242,7 +281,7 @@ def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, outputs: np.n
             loss.backward()
             opt.step()
         if searched and (epoch % config.eval_every == 0 or epoch == epochs):
-            encoder = net.encoder(outputs, n_tgt)
+            encoder = net.encoder(outputs, n_tgt, expand)
             value = float(validator(encoder.score(valid_hist)))
             values[epoch] = value
             if best is None or value > best[0]:
@@ -252,5 +291,5 @@ def _train_one(src: sp.csr_matrix, tgt: sp.csr_matrix, n_src: int, outputs: np.n
                 if stale >= config.patience:
                     break
     if best is None:
-        best = (float("nan"), epoch, net.encoder(outputs, n_tgt))
+        best = (float("nan"), epoch, net.encoder(outputs, n_tgt, expand))
     return best[2], {"epochs": epoch, "best_epoch": best[1], "valid": values}

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from recxfer.transfer.blend import BlendConfig, fit_blend, fit_dae_scorer
-from recxfer.transfer.dae import DAEConfig, _bag, _Net, dae_hidden, dae_networks, fit_dae
+from recxfer.transfer.dae import DAEConfig, _bag, _Net, dae_hidden, dae_networks, expansion, fit_dae
 from recxfer.transfer.ease import CatalogueTooLargeError
 from recxfer.transfer.interactions import build_matrices
 from recxfer.types import DAEScorer, ItemToItemScorer
@@ -81,6 +81,38 @@ def test_the_torch_module_is_the_numpy_scorer() -> None:
         logits = net(*_bag(hist, 0.0, torch.Generator())).numpy()
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(net.encoder(np.arange(5), 5).score(hist), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_expansion_is_identity_plus_row_normalised_source_cosine() -> None:
+    src = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0]], np.float32))
+    out = expansion(src, DAEConfig(expand=0.5, expand_top_n=10)).toarray()
+    dense = src.toarray()
+    counts = dense.sum(axis=0)
+    cos = np.array([[0.0 if i == k or counts[i] * counts[k] == 0
+                     else (dense[:, i] @ dense[:, k]) / np.sqrt(counts[i] * counts[k])
+                     for k in range(4)] for i in range(4)])
+    rows = cos.sum(axis=1, keepdims=True)
+    expected = np.eye(4) + 0.5 * np.divide(cos, rows, out=np.zeros_like(cos), where=rows > 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)  # s3 (no user) keeps its identity row
+    assert expansion(src, DAEConfig(expand=0.0)) is None
+
+
+def test_the_expanded_input_is_folded_into_the_served_weights() -> None:
+    """A net trained behind ``E`` scores ``h`` as the numpy scorer with ``w_in = E @ W``."""
+    torch.manual_seed(0)
+    net = _Net(6, 5, 3)
+    rng = np.random.default_rng(0)
+    expand = sp.csr_matrix(np.eye(6, dtype=np.float32) + 0.3 * rng.random((6, 6)).astype(np.float32))
+    hist = sp.csr_matrix(np.array([[1, 0, 1, 0, 0, 1], [0, 1, 0, 0, 0, 0]], np.float32))
+    items, offsets, weights = _bag(hist, 0.0, torch.Generator(), expand)
+    x = (hist.toarray() / np.sqrt(hist.sum(axis=1)).A) @ expand.toarray()  # (2, 6) expanded inputs
+    dense = np.zeros_like(x)
+    dense[np.repeat(np.arange(2), np.diff(offsets.numpy(), append=len(items))), items.numpy()] = weights.numpy()
+    np.testing.assert_allclose(dense, x, rtol=1e-5)
+    with torch.no_grad():
+        logits = net(items, offsets, weights).numpy()
+    np.testing.assert_allclose(net.encoder(np.arange(5), 5, expand).score(hist),
+                               np.exp(logits - logits.max(axis=1, keepdims=True)), rtol=1e-5, atol=1e-6)
 
 
 def test_items_without_training_users_score_below_every_trained_one() -> None:
@@ -265,7 +297,7 @@ def test_config_validation() -> None:
     for bad in ({"hidden": 0}, {"epochs": 0}, {"patience": 0}, {"max_cells": 0}, {"max_serve_cells": 0},
                 {"min_hidden": 0}, {"networks": 0}, {"ensemble_cells": 0}, {"fixed_epochs": (2, 0)},
                 {"dropout": 1.0},
-                {"dropout": -0.1}, {"lr": 0.0}):
+                {"dropout": -0.1}, {"lr": 0.0}, {"expand": -1.0}, {"expand_top_n": 0}, {"expand_shrink": -1.0}):
         with pytest.raises(ValueError, match="dae"):
             DAEConfig(**bad)
     with pytest.raises(ValueError, match="dae_grid"):
