@@ -32,7 +32,7 @@ DIRECTIONS = {
     "books->music": ("douban", "douban/douban_book", "douban/douban_music"),
     "music->books": ("douban", "douban/douban_music", "douban/douban_book"),
 }
-METHODS = ("popularity", "itemknn", "ease", "ridge", "userknn", "dae", "emcdr", "ptupcdr", "shared", "blend")
+METHODS = ("popularity", "itemknn", "ease", "ridge", "userknn", "twohop", "dae", "emcdr", "ptupcdr", "shared", "blend")
 BASELINES = ("popularity", "itemknn", "ease", "emcdr", "ptupcdr")
 SAMPLED = ("NDCG@10", "HR@10", "MRR")
 FULL = ("recall@50", "ndcg@10")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 # recxfer.train.cold_start.METHODS, spelled here so that parsing imports no torch
 # (tests/test_cli.py checks they are equal).
-COLD_START_METHODS = ("blend", "popularity", "target_only", "itemknn", "ease", "ridge", "userknn", "dae",
+COLD_START_METHODS = ("blend", "popularity", "target_only", "itemknn", "ease", "ridge", "userknn", "twohop", "dae",
                       "emcdr", "ptupcdr", "shared")
 
 if TYPE_CHECKING:

@@ -39,6 +39,7 @@ from recxfer.transfer.blend import (
     fit_ease,
     fit_itemknn,
     fit_ridge,
+    fit_twohop,
     fit_userknn,
 )
 from recxfer.transfer.dae import DAEConfig
@@ -48,10 +49,11 @@ from recxfer.transfer.interactions import build_matrices
 from recxfer.transfer.itemknn import ItemKNNConfig
 from recxfer.transfer.ptupcdr import PTUPCDRConfig, apply_ptupcdr, fit_ptupcdr
 from recxfer.transfer.ridge import RidgeConfig
+from recxfer.transfer.twohop import TwoHopConfig
 from recxfer.transfer.userknn import UserKNNConfig
 from recxfer.types import ItemToItemScorer
 
-ITEM_TO_ITEM = ("itemknn", "ease", "ridge", "userknn", "dae", "blend")
+ITEM_TO_ITEM = ("itemknn", "ease", "ridge", "userknn", "twohop", "dae", "blend")
 METHODS = ("blend", "popularity", "target_only", *ITEM_TO_ITEM[:-1], "emcdr", "ptupcdr", "shared")
 DEFAULT_METHOD = "blend"
 
@@ -68,6 +70,7 @@ class ColdStartConfig:
     ease: EASEConfig = field(default_factory=EASEConfig)
     ridge: RidgeConfig = field(default_factory=RidgeConfig)
     userknn: UserKNNConfig = field(default_factory=UserKNNConfig)
+    twohop: TwoHopConfig = field(default_factory=TwoHopConfig)
     dae: DAEConfig = field(default_factory=DAEConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     device: str = "auto"
@@ -212,7 +215,7 @@ def fit_cold_start(
 
 _FITTERS = {"itemknn": (fit_itemknn, "itemknn"), "ease": (fit_ease, "ease"),
             "ridge": (fit_ridge, "ridge"), "userknn": (fit_userknn, "userknn"),
-            "dae": (fit_dae_scorer, "dae"), "blend": (fit_blend, "blend")}
+            "twohop": (fit_twohop, "twohop"), "dae": (fit_dae_scorer, "dae"), "blend": (fit_blend, "blend")}
 
 
 def _fit_item_to_item(

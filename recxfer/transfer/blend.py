@@ -216,6 +216,14 @@ def fit_userknn(m: SourceTargetMatrices, config: UserKNNConfig = UserKNNConfig()
     return FittedScorer(_scorer(m, ["userknn"], [matrix], [1.0], 0.0), {"alpha": config.alpha})
 
 
+def fit_twohop(m: SourceTargetMatrices, config: TwoHopConfig = TwoHopConfig(),
+               valid_hist: sp.csr_matrix | None = None,
+               validator: ScoreValidator | None = None) -> FittedScorer:
+    """``twohop`` alone, its cross links' ``shrink`` chosen on validation."""
+    return _fit_searched(m, "twohop", "shrink", lambda values: twohop_matrices(m, values, config),
+                         config.shrink_grid, config.shrink, valid_hist, validator)
+
+
 def fit_dae_scorer(m: SourceTargetMatrices, config: DAEConfig = DAEConfig(),
                    valid_hist: sp.csr_matrix | None = None,
                    validator: ScoreValidator | None = None) -> FittedScorer:

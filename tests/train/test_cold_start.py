@@ -284,6 +284,13 @@ class TestUserKNN(ItemToItemContract):
     uses_validator = False  # no hyper-parameter is searched
 
 
+class TestTwoHop(ItemToItemContract):
+    method = "twohop"
+
+    def test_is_the_twohop_matrix_alone(self, fitted) -> None:
+        assert fitted.scorer.names == ("twohop",) and fitted.scorer.pop_weight == 0.0
+
+
 class TestDAE(ItemToItemContract):
     method = "dae"
     seed_sensitive = True  # the network's initialisation, batches and dropout
