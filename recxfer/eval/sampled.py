@@ -114,8 +114,10 @@ def sampled_metrics_scores(
         scores = np.asarray(score_fn(rows))  # (u, I)
         if scores.shape != (len(rows), n_items):
             raise ValueError(f"score_fn gave {scores.shape}, want ({len(rows)}, {n_items})")
-        pos.append(scores[owner, instance_item[start:stop]])  # (c,)
-        neg.append(scores[owner[:, None], negatives[start:stop]])  # (c, n_neg)
+        flat = scores.reshape(-1)  # one take on flat positions: cheaper than 2-d fancy indexing
+        base = owner.astype(np.int64) * n_items  # (c,) row offsets
+        pos.append(flat.take(base + instance_item[start:stop]))  # (c,)
+        neg.append(flat.take(base[:, None] + negatives[start:stop]))  # (c, n_neg)
     return metrics_from_ranks(sampled_ranks(np.concatenate(pos), np.concatenate(neg), seed + 1))
 
 

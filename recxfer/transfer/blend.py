@@ -359,18 +359,23 @@ def _search_weights(m, names, matrices, valid_hist, validator, config, dense):
         {"best", "tried"})``.
     """
     parts = [_scorer(m, [n], [x], [1.0], 0.0).score(valid_hist) for n, x in zip(names, matrices)]
-    pop = _scorer(m, [], [], [], 1.0).score(valid_hist)  # (n_valid, n_tgt)
+    pop = _scorer(m, [], [], [], 1.0).score(valid_hist[:1])  # (1, n_tgt): the same row for everyone
+    n_valid = valid_hist.shape[0]
+    # two (n_valid, n_tgt) buffers reused by every candidate (the validator reads the
+    # scores and keeps none): the sum, and each weighted term before it is added
+    scores = np.empty((n_valid, pop.shape[1]), np.float32)
+    term = np.empty_like(scores)
     best, best_key, tried = None, None, 0
 
     def consider(weights, pop_weight, dense_weights, dense_keys):
         nonlocal best, best_key, tried
-        scores = np.float32(pop_weight) * pop
+        np.multiply(pop, np.float32(pop_weight), out=scores)
         for w, p in zip(weights, parts):
             if w:
-                scores = scores + np.float32(w) * p
+                np.add(scores, np.multiply(p, np.float32(w), out=term), out=scores)
         for name, w in dense_weights.items():
             if w:
-                scores = scores + np.float32(w) * dense[name][0][dense_keys[name]]
+                np.add(scores, np.multiply(dense[name][0][dense_keys[name]], np.float32(w), out=term), out=scores)
         value = validator(scores)
         tried += 1
         key = (value, -sum(weights) - pop_weight - sum(dense_weights.values()))  # ties: smaller weights win
