@@ -14,11 +14,12 @@ The input history is first expanded through similar source items (``expand``: ``
 source rows, single-domain users included, each row summing to 1), so a source item
 few overlapping users have still reaches the hidden layer through its neighbours;
 after training ``E = I + expand * S`` is folded into the input weights (``w_in = E @
-W``), so the served network keeps its form. CDRIB seed 0, dae alone, test NDCG@10 /
-HR@10 / full recall@50: sports->clothing 0.158 / 0.221 / 0.164 -> 0.173 / 0.235 /
-0.183 (26 k sports users, 7.9 k of them overlapping); about level on the pairs where
-every user overlaps (electronics->phones 0.096 / 0.175 / 0.257 -> 0.097 / 0.175 /
-0.251, phones->sports 0.056 / 0.107 / 0.153 -> 0.058 / 0.108 / 0.160) and Douban
+W``), so the served network keeps its form. CDRIB, dae alone, 3 seeds, test NDCG@10 /
+HR@10 / full recall@50 (README): sports->clothing 0.158 / 0.221 / 0.164 -> 0.175 /
+0.234 / 0.183 and clothing->sports 0.144 / 0.213 / 0.195 -> 0.163 / 0.228 / 0.219,
+where most source users are single-domain; about level where every user overlaps
+(seed 0: electronics->phones 0.096 / 0.175 / 0.257 -> 0.097 / 0.175 / 0.251,
+phones->sports 0.056 / 0.107 / 0.153 -> 0.058 / 0.108 / 0.160) and on Douban
 music->books (0.052 / 0.096 / 0.131 -> 0.051 / 0.096 / 0.132).
 
 Cost per epoch: ``O(n_overlap * hidden * (|history| + n_out))`` — the softmax over
