@@ -286,6 +286,7 @@ class TestUserKNN(ItemToItemContract):
 
 class TestTwoHop(ItemToItemContract):
     method = "twohop"
+    uses_validator = False  # one shrinkage by default: nothing is searched
 
     def test_is_the_twohop_matrix_alone(self, fitted) -> None:
         assert fitted.scorer.names == ("twohop",) and fitted.scorer.pop_weight == 0.0
