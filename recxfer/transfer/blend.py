@@ -33,7 +33,7 @@ from recxfer.transfer.ease import CatalogueTooLargeError, EASEConfig, ease_matri
 from recxfer.transfer.interactions import SourceTargetMatrices
 from recxfer.transfer.itemknn import ItemKNNConfig, itemknn_matrix
 from recxfer.transfer.ridge import RidgeConfig, RidgeSolver
-from recxfer.transfer.twohop import TwoHopConfig, twohop_matrices
+from recxfer.transfer.twohop import TwoHopConfig, source_similarity, twohop_matrices
 from recxfer.transfer.userknn import UserKNNConfig, userknn_matrix
 from recxfer.types import DAEScorer, ItemToItemScorer
 
@@ -252,8 +252,12 @@ def fit_blend(m: SourceTargetMatrices, config: BlendConfig = BlendConfig(),
     cache: dict[str, FittedScorer] = {}  # components that do not depend on user_alpha
     best: tuple[float, FittedScorer] | None = None
     tried = {}
+    # twohop's source cosine does not depend on user_alpha either: one for every alpha
+    similar = (source_similarity(m.src, config.twohop.source_shrink, config.twohop.source_top_n)
+               if "twohop" in config.components else None)
     for alpha in alphas:
-        fitted = _fit_blend_once(m, config, float(alpha), valid_hist, validator, valid_emb_scores, cache)
+        fitted = _fit_blend_once(m, config, float(alpha), valid_hist, validator, valid_emb_scores, cache,
+                                 similar)
         value = fitted.info.get("valid", {}).get("best", 0.0)
         tried[str(float(alpha))] = value
         if best is None or value > best[0]:  # ties: the earlier alpha
@@ -266,7 +270,7 @@ def fit_blend(m: SourceTargetMatrices, config: BlendConfig = BlendConfig(),
 def _fit_blend_once(m: SourceTargetMatrices, config: BlendConfig, alpha: float,
                     valid_hist: sp.csr_matrix | None, validator: ScoreValidator | None,
                     valid_emb_scores: np.ndarray | None,
-                    cache: dict[str, FittedScorer]) -> FittedScorer:
+                    cache: dict[str, FittedScorer], similar: sp.csr_matrix | None = None) -> FittedScorer:
     ridge = dataclasses.replace(config.ridge, user_alpha_grid=(alpha,))
     itemknn = dataclasses.replace(config.itemknn, user_alpha_grid=(alpha,))
 
@@ -285,7 +289,7 @@ def _fit_blend_once(m: SourceTargetMatrices, config: BlendConfig, alpha: float,
     for name in config.components:
         if name == "twohop":
             grid = config.twohop.shrink_grid if searched and config.twohop.shrink_grid else (config.twohop.shrink,)
-            twohop = twohop_matrices(m, tuple(grid), config.twohop, alpha)
+            twohop = twohop_matrices(m, tuple(grid), config.twohop, alpha, similar)
             continue
         try:
             fitted = fitters[name]()

@@ -67,10 +67,12 @@ def source_similarity(src: sp.csr_matrix, shrink: float, top_n: int) -> sp.csr_m
 
 
 def twohop_matrices(m: SourceTargetMatrices, shrinks: tuple[float, ...], config: TwoHopConfig = TwoHopConfig(),
-                    user_alpha: float = 0.0) -> dict[float, sp.csr_matrix]:
+                    user_alpha: float = 0.0, similar: sp.csr_matrix | None = None) -> dict[float, sp.csr_matrix]:
     """``shrink -> (n_src, n_tgt)`` csr float32 ``top_n(S_ss @ B_itemknn(shrink))``;
-    ``S_ss`` (over every user's source rows) is computed once for all shrinks."""
-    similar = source_similarity(m.src, config.source_shrink, config.source_top_n)
+    ``S_ss`` (over every user's source rows; ``similar`` when the caller has it, e.g.
+    once for every ``user_alpha`` of a blend) is computed once for all shrinks."""
+    if similar is None:
+        similar = source_similarity(m.src, config.source_shrink, config.source_top_n)
     return {float(s): _product_top_n(similar, itemknn_matrix(m, float(s), config.top_n, user_alpha), config.top_n)
             for s in shrinks}
 
@@ -78,14 +80,10 @@ def twohop_matrices(m: SourceTargetMatrices, shrinks: tuple[float, ...], config:
 def _product_top_n(left: sp.csr_matrix, right: sp.csr_matrix, top_n: int,
                    block_cells: int = 1 << 24) -> sp.csr_matrix:
     """``top_n_per_row(left @ right)`` built in row blocks whose sparse product has at
-    most about ``block_cells`` entries (each row's bound: its ``left`` entries times
+    most ``block_cells`` entries (a row's bound: ``left``'s longest row times
     ``right``'s longest row)."""
     n_rows, n_cols = left.shape[0], right.shape[1]
-    widest = max(int(np.diff(right.indptr).max(initial=0)), 1)
-    per_row = np.diff(left.indptr).astype(np.int64) * widest  # (n_rows,) bound on product entries
-    bounds = np.searchsorted(np.cumsum(per_row), np.arange(block_cells, int(per_row.sum()) + block_cells,
-                                                           block_cells), side="right")
-    starts = np.unique(np.concatenate([[0], np.minimum(bounds, n_rows)]))
-    edges = [(int(lo), int(hi)) for lo, hi in zip(starts, np.append(starts[1:], n_rows)) if hi > lo]
-    blocks = [top_n_per_row(left[lo:hi] @ right, top_n) for lo, hi in edges]
+    widest = int(np.diff(left.indptr).max(initial=0)) * int(np.diff(right.indptr).max(initial=0))
+    step = max(1, block_cells // max(widest, 1))  # rows whose product fits, at the widest row's bound
+    blocks = [top_n_per_row(left[lo:lo + step] @ right, top_n) for lo in range(0, n_rows, step)]
     return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, n_cols), dtype=np.float32)

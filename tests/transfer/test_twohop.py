@@ -69,7 +69,7 @@ def test_blocked_product_equals_one_product() -> None:
     left = sp.random(37, 20, density=0.3, random_state=1, format="csr", dtype=np.float32)
     right = sp.random(20, 23, density=0.3, random_state=2, format="csr", dtype=np.float32)
     whole = _product_top_n(left, right, top_n=5)
-    blocked = _product_top_n(left, right, top_n=5, block_cells=23 * 4)  # 4 rows a block
+    blocked = _product_top_n(left, right, top_n=5, block_cells=23 * 4)  # one row a block (the widest-row bound is above 92)
     np.testing.assert_allclose(blocked.toarray(), whole.toarray(), rtol=1e-6)
     assert ((whole.toarray() != 0).sum(axis=1) <= 5).all()
 
