@@ -168,3 +168,17 @@ def test_history_matrix_of_no_users() -> None:
 def test_history_matrix_rejects_positions_outside_the_catalogue() -> None:
     with pytest.raises(ValueError):
         scorer().history_matrix([np.array([0, N_SRC + 3]), np.array([1])])
+
+
+def test_blocked_accumulation_equals_one_block(monkeypatch) -> None:
+    """A batch scored a few rows at a time (the product's float64 accumulator is
+    bounded) scores as in one block; non-binary history values weight their rows."""
+    import recxfer.types as types
+
+    hist = HIST * np.arange(1, N_SRC + 1, dtype=np.float32)[None, :]
+    s = scorer()
+    whole = s.score(sp.csr_matrix(hist))
+    np.testing.assert_allclose(whole, naive_score(hist, (B1, B2), (0.7, 0.3), POP, 0.2),
+                               rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(types, "_PRODUCT_BLOCK_FLOATS", 2 * N_TGT)  # two rows a block
+    np.testing.assert_array_equal(s.score(sp.csr_matrix(hist)), whole)

@@ -52,6 +52,11 @@ def topk_dense(
     out_idx = np.full((n, k), -1, dtype=np.int64)
     out_scores = np.full((n, k), -np.inf, dtype=np.float32)
     for row in range(n):
+        if allow is None or allow[row] is None:
+            fast = _topk_row_excluding(scores[row], k, None if exclude is None else exclude[row])
+            if fast is not None:
+                out_idx[row, : fast[0].size], out_scores[row, : fast[0].size] = fast
+                continue
         admissible = np.ones(n_items, dtype=bool) if allow is None or allow[row] is None else None
         if admissible is None:
             admissible = np.zeros(n_items, dtype=bool)
@@ -70,6 +75,32 @@ def topk_dense(
 def _in_range(positions: np.ndarray, n_items: int) -> np.ndarray:
     positions = np.asarray(positions, dtype=np.int64)
     return positions[(positions >= 0) & (positions < n_items)]
+
+
+def _topk_row_excluding(values: np.ndarray, k: int,
+                        exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``k`` best of a whole row (``(n_items,)``) but ``exclude``, as ``_topk_row``
+    ranks them, without gathering the admissible items: the excluded are set to
+    ``-inf`` in a copy. ``None`` (the caller gathers instead) when the row holds
+    ``-inf`` scores of its own among the ``k`` best, which the mark would confuse."""
+    neg = np.negative(values)  # (n_items,) ascending = best first
+    n_admissible = values.size
+    if exclude is not None and len(exclude):
+        gone = np.unique(_in_range(exclude, values.size))
+        neg[gone] = np.inf
+        n_admissible -= gone.size
+    k = min(k, n_admissible)
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    kth = np.partition(neg, k - 1)[k - 1] if k < neg.size else neg.max()
+    if kth == np.inf:
+        return None
+    above = np.flatnonzero(neg < kth)
+    tied = np.flatnonzero(neg == kth)[: k - above.size]  # lowest positions first
+    chosen = np.concatenate([above, tied])
+    order = np.lexsort((chosen, neg[chosen].astype(np.float64)))
+    chosen = chosen[order]
+    return chosen.astype(np.int64), values[chosen].astype(np.float32)
 
 
 def _topk_row(values: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

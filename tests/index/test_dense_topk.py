@@ -58,3 +58,28 @@ def test_topk_dense_validates():
         topk_dense(np.zeros(3, np.float32), 1)
     with pytest.raises(ValueError, match="NaN"):
         topk_dense(np.array([[0.0, np.nan]], np.float32), 1)
+
+
+def test_topk_dense_with_infinite_scores_and_exclusions():
+    """Rows with -inf / +inf scores of their own (the fast path marks exclusions with
+    -inf: a row whose own -inf reach its k best is ranked by the gathering path),
+    duplicate and out-of-range exclusions, k beyond the admissible count."""
+    scores = np.array([
+        [0.5, -np.inf, 0.1, -np.inf, 0.3, 0.2],
+        [np.inf, 0.0, -np.inf, 0.0, 1.0, np.inf],
+        [-np.inf, -np.inf, -np.inf, -np.inf, -np.inf, -np.inf],
+    ], np.float32)
+    exclude = [np.array([0, 0, 7, -1]), np.array([5]), np.array([2])]
+    for k in (1, 3, 4, 6, 9):
+        result = topk_dense(scores, k, exclude)
+        for row in range(3):
+            want = naive(scores[row], k, exclude[row])
+            assert result.idx[row, : len(want)].tolist() == want, (k, row)
+            assert (result.idx[row, len(want):] == -1).all()
+
+
+def test_topk_dense_keeps_float64_precision():
+    """Scores closer than float32 can tell apart are still ordered exactly."""
+    scores = np.array([[1.0, 1.0 + 1e-12, 1.0 - 1e-12, 0.5]], np.float64)
+    assert topk_dense(scores, 3).idx[0].tolist() == [1, 0, 2]
+    assert topk_dense(scores, 2, [np.array([1])]).idx[0].tolist() == [0, 2]
