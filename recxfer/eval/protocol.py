@@ -21,9 +21,11 @@ CHUNK_USERS = 1024  # users scored at once: bounds memory to CHUNK_USERS x n_ite
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
-def _chunk_scores(score_fn: ScoreFn, rows: np.ndarray, n_items: int | None) -> np.ndarray:
-    """A writable floating copy of ``score_fn(rows)``, shape-checked."""
-    scores = np.array(score_fn(rows))  # a copy: excluded items are overwritten below
+def _chunk_scores(score_fn: ScoreFn, rows: np.ndarray, n_items: int | None,
+                  writable: bool = True) -> np.ndarray:
+    """``score_fn(rows)`` as floats, shape-checked: a copy when ``writable`` (excluded
+    items are then overwritten), else possibly the caller's own array, only read."""
+    scores = np.array(score_fn(rows)) if writable else np.asarray(score_fn(rows))
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)
     if scores.ndim != 2 or scores.shape[0] != len(rows) or scores.shape[1] == 0:
@@ -99,7 +101,7 @@ def full_ranking_metrics_scores(
     for start in range(0, n_users, chunk_size):
         stop = min(start + chunk_size, n_users)
         rows = np.arange(start, stop, dtype=np.int64)
-        scores = _chunk_scores(score_fn, rows, n_items)  # (c, I)
+        scores = _chunk_scores(score_fn, rows, n_items, writable=exclude is not None)  # (c, I)
         n_items = scores.shape[1]
         if exclude is not None:
             _exclude(scores, exclude[start:stop])

@@ -218,6 +218,15 @@ _FITTERS = {"itemknn": (fit_itemknn, "itemknn"), "ease": (fit_ease, "ease"),
             "twohop": (fit_twohop, "twohop"), "dae": (fit_dae_scorer, "dae"), "blend": (fit_blend, "blend")}
 
 
+def _rows_of(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``scores[rows]``, a view (no copy of ``(len(rows), n_items)`` floats) when
+    ``rows`` is an ascending run of consecutive rows, as the metrics' chunks are."""
+    rows = np.asarray(rows)
+    if rows.ndim == 1 and len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+        return scores[int(rows[0]) : int(rows[-1]) + 1]
+    return scores[rows]
+
+
 def _fit_item_to_item(
     method: str, train: pd.DataFrame, source: str, target: str, cold_users: np.ndarray,
     config: ColdStartConfig, valid_users: np.ndarray, validator: Validator | None,
@@ -229,7 +238,7 @@ def _fit_item_to_item(
         valid_hist = matrices.src[matrices.user_rows(valid_users)]
 
         def score_validator(scores: np.ndarray) -> float:
-            return validator(lambda rows: scores[rows], matrices.tgt_item_ids)
+            return validator(lambda rows: _rows_of(scores, rows), matrices.tgt_item_ids)
 
     history = matrices.src[matrices.user_rows(cold_users)]
     empty = np.diff(history.indptr) == 0

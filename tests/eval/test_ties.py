@@ -401,3 +401,28 @@ def test_full_ranking_without_mrr_gives_the_same_at_k_metrics(shape: str) -> Non
 def test_max_rank_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_rank"):
         relevant_ranks(np.zeros((1, 3)), [np.array([0])], max_rank=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kth_largest_equals_a_sort_on_either_path(threads: int, dtype) -> None:
+    """The threshold of ``max_rank``: torch's top-k (several threads) and numpy's
+    partition (one) give each row's exact k-th largest, ties, -inf and nan included."""
+    import torch
+
+    from recxfer.eval.metrics import _kth_largest
+
+    rng = np.random.default_rng(11)
+    scores = np.round(rng.standard_normal((7, 40)), 1).astype(dtype)
+    scores[1] = 0.0  # all tied
+    scores[2, :35] = -np.inf  # fewer finite items than k
+    scores[3, ::4] = np.nan  # nan counts as -inf
+    want = {k: np.sort(np.where(np.isnan(scores), -np.inf, scores), axis=1)[:, -k] for k in (1, 5, 10, 40)}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k, expected in want.items():
+            np.testing.assert_array_equal(_kth_largest(scores, k), expected)
+        assert np.isneginf(_kth_largest(scores, 41)).all()
+    finally:
+        torch.set_num_threads(before)

@@ -347,3 +347,20 @@ def test_shared_beats_popularity_on_data_samples() -> None:
     assert shared_recall > 2.0 * pop_recall and shared_recall > pop_recall + 0.05, (
         shared_recall, pop_recall,
     )
+
+
+def test_validation_rows_are_a_view_when_consecutive() -> None:
+    """The validators' ``scores[rows]``: consecutive ascending rows (the metrics'
+    chunks) read the blend's buffer in place, any other rows a copy of the same."""
+    import numpy as np
+
+    from recxfer.train.cold_start import _rows_of
+
+    scores = np.arange(30, dtype=np.float32).reshape(6, 5)
+    run = _rows_of(scores, np.arange(1, 4))
+    assert np.shares_memory(run, scores)
+    np.testing.assert_array_equal(run, scores[1:4])
+    for rows in (np.array([0, 2, 3]), np.array([3, 2, 1]), np.array([1, 1, 2]), np.array([], np.int64)):
+        got = _rows_of(scores, rows)
+        assert not np.shares_memory(got, scores)
+        np.testing.assert_array_equal(got, scores[rows])
