@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -341,6 +342,10 @@ class _WorkerTag(logging.Filter):
         return True
 
 
+# seconds a drained worker waits before its process (and every socket) closes
+_WORKER_EXIT_LINGER_S = 0.5
+
+
 def _serve_worker(link: Any, args: argparse.Namespace, artifact: Path | None, root: Path | None,
                   config: "ServeConfig") -> None:
     """One worker process of ``serve --processes N`` (spawned: a fresh interpreter)."""
@@ -371,6 +376,11 @@ def _serve_worker(link: Any, args: argparse.Namespace, artifact: Path | None, ro
     # the whole process group) during the interpreter's teardown, once it has reset
     # the handlers, would otherwise turn a clean exit into death by SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Linger before the sockets close: a drained call's last response frames may
+    # still be on their way (the handler has returned, gRPC's core is writing), and a
+    # socket closed with the client's unread frames in it is reset, which discards
+    # what that client had not read yet: its call ends UNAVAILABLE, not OK.
+    time.sleep(_WORKER_EXIT_LINGER_S)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

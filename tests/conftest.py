@@ -30,3 +30,14 @@ def hashed_files(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(store, "sha256_file", counting)
     return seen
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Every test starts at the suite's torch thread count: code under test that sets
+    its own (``runtime.limit_threads``, a server's search threads) must not change
+    the float kernels, and so the bit-exact results, of the tests after it."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

@@ -221,10 +221,11 @@ def test_two_processes_share_the_port_reload_and_drain(tmp_path, make_artifact, 
         handled = [e for e in events if e.get("event") == "rpc" and "BatchRecommend" in e.get("method", "")]
         assert handled and {e["code"] for e in handled} == {"OK"}, handled
         # Each handled call reached its client as OK, or (rarely, on a loaded 2-core
-        # host: seen twice in about ten full runs) as UNAVAILABLE when the worker's
-        # process exited while the response bytes were still in flight (the handler had
-        # finished OK): a retryable code, never a wrong answer. Known, not yet fixed
-        # (a linger after the drain is the candidate fix).
+        # host) as UNAVAILABLE when the worker's process exited while the response bytes
+        # were still in flight (the handler had finished OK): a retryable code, never a
+        # wrong answer. Workers now linger 0.5 s after the drain (recxfer/cli.py); with
+        # this assertion made strict and two busy loops beside it, 1 run in 10 failed
+        # before the linger and 0 in 10 after: one such call is still tolerated.
         assert codes.count("OK") <= len(handled) <= codes.count("OK") + codes.count("UNAVAILABLE")
         assert codes.count("OK") >= len(handled) - 1, (codes, len(handled))
         assert any(end > signalled and code == "OK" for _, end, code in results), \
