@@ -182,3 +182,22 @@ def test_blocked_accumulation_equals_one_block(monkeypatch) -> None:
                                rtol=1e-5, atol=1e-7)
     monkeypatch.setattr(types, "_PRODUCT_BLOCK_FLOATS", 2 * N_TGT)  # two rows a block
     np.testing.assert_array_equal(s.score(sp.csr_matrix(hist)), whole)
+
+
+def test_embedding_term_from_the_transposed_table() -> None:
+    """``item_emb_t`` (what serving keeps) scores as ``item_emb``; a table that does
+    not fit is refused either way."""
+    rng = np.random.default_rng(2)
+    user_emb = rng.standard_normal((len(HIST), 3)).astype(np.float32)
+    item_emb = rng.standard_normal((N_TGT, 3)).astype(np.float32)
+    s = ItemToItemScorer(SRC_IDS, TGT_IDS, ("c0",), (sp.csr_matrix(B1),), (0.5,), POP, 0.2, 0.7)
+    want = s.score(HIST, user_emb, item_emb)
+    part = user_emb @ item_emb.T
+    naive = naive_score(HIST, (B1,), (0.5,), POP, 0.2) + 0.7 * part / np.abs(part).max(axis=1, keepdims=True)
+    np.testing.assert_allclose(want, naive, rtol=1e-5, atol=1e-6)
+    got = s.score(HIST, user_emb, item_emb_t=np.ascontiguousarray(item_emb.T))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="do not fit"):
+        s.score(HIST, user_emb, item_emb_t=np.ascontiguousarray(item_emb[:-1].T))
+    with pytest.raises(ValueError, match="give user_emb and item_emb"):
+        s.score(HIST, user_emb)

@@ -243,6 +243,7 @@ def transfer_search(
     allow: Sequence[np.ndarray | None],
     user_emb: np.ndarray | None = None,
     item_emb: np.ndarray | None = None,
+    item_emb_t: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-``ks[i]`` target items of each source history through ``scorer``.
 
@@ -257,7 +258,8 @@ def transfer_search(
         allow: ``n`` entries, ``None`` or the target positions that may be returned.
         user_emb: ``(n, d)`` the users' target embeddings and ``item_emb``
             ``(n_tgt, d)`` the target's item table, for a scorer with an embedding
-            term (``scorer.embedding_weight``); unused otherwise.
+            term (``scorer.embedding_weight``); unused otherwise. ``item_emb_t``
+            (``(d, n_tgt)``, ``DomainTransfer.item_emb_t``) is used instead when given.
 
     Returns:
         ``n`` pairs ``(idx (k',), scores (k',) float32)``, best first; ``k' < k``
@@ -270,7 +272,7 @@ def transfer_search(
         rows = range(start, min(n, start + step))
         hist = scorer.history_matrix([histories[i] for i in rows])  # (m, n_src)
         chunk_emb = None if user_emb is None else user_emb[rows.start : rows.stop]  # (m, d)
-        scores = scorer.score(hist, chunk_emb, item_emb)  # (m, n_tgt)
+        scores = scorer.score(hist, chunk_emb, item_emb, item_emb_t)  # (m, n_tgt)
         k_max = min(max(ks[i] for i in rows), max(1, n_tgt))
         result = topk_dense(scores, k_max, [exclude[i] for i in rows], [allow[i] for i in rows])
         for out_row, i in enumerate(rows):
@@ -463,7 +465,7 @@ class ServingModel:
                 t_rows = np.array([row for _, row, _ in via_transfer], dtype=np.int64)
                 results = transfer_search(
                     transfer.scorer, [h for _, _, h in via_transfer], t_ks, t_exclude, t_allow,
-                    served.emb.user_emb[t_rows], served.emb.item_emb,
+                    served.emb.user_emb[t_rows], served.emb.item_emb, transfer.item_emb_t,
                 )
                 for (i, _, _), (idx, scores) in zip(via_transfer, results):
                     out[i] = Recommendation(served.emb.item_ids[idx], scores, UserOrigin.TRANSFER.value)
@@ -657,7 +659,7 @@ class ServingModel:
                 scorer = replace(scorer, embedding_weight=0.0)
             results = transfer_search(
                 scorer, [np.unique(p) for _, p in known], ks, deny, allow,
-                encoded, target.emb.item_emb,
+                encoded, target.emb.item_emb, transfer.item_emb_t,
             )
         else:
             assert encoded is not None
@@ -748,6 +750,10 @@ def _load_transfers(
                 f"{artifact.path}: transfer into {target!r}: its meta.json names source "
                 f"{transfer.source!r}, the manifest {source!r}"
             )
+        if transfer.scorer.embedding_weight:
+            # the embedding term's product reads the table transposed (hidden x items)
+            item_emb_t = np.ascontiguousarray(np.asarray(domains[target].emb.item_emb, np.float32).T)
+            transfer = replace(transfer, item_emb_t=item_emb_t)
         out[target] = transfer
     return out
 

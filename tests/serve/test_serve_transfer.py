@@ -350,9 +350,9 @@ class CountingScorer:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def score(self, hist, user_emb=None, item_emb=None):
+    def score(self, hist, user_emb=None, item_emb=None, item_emb_t=None):
         self.calls.append(hist.shape[0])
-        return self.inner.score(hist, user_emb, item_emb)
+        return self.inner.score(hist, user_emb, item_emb, item_emb_t)
 
 
 def test_batch_equals_single_and_scores_transfer_users_in_one_call(tmodel):
@@ -564,8 +564,17 @@ def _row(emb: DomainEmbeddings, user_id: str) -> int:
     return list(emb.user_ids).index(user_id)
 
 
-def test_embedding_weight_round_trips(emb_model):
+def test_embedding_weight_round_trips(emb_model, tdomains):
     assert emb_model.transfers[TGT].scorer.embedding_weight == pytest.approx(EMB_WEIGHT)
+    # the serving model keeps the target's item table transposed for the term's product
+    item_emb_t = emb_model.transfers[TGT].item_emb_t
+    assert item_emb_t.flags.c_contiguous and item_emb_t.dtype == np.float32
+    np.testing.assert_array_equal(item_emb_t, tdomains[TGT].item_emb.T)
+
+
+def test_no_transposed_table_without_an_embedding_term(tmp_path, tdomains, transfer):
+    artifact = write_transfer_artifact(tmp_path, tdomains, transfer, version="n1")
+    assert ServingModel.from_artifact(artifact.path, device="cpu").transfers[TGT].item_emb_t is None
 
 
 @pytest.mark.parametrize("user_id", ["carol", "gina"])
