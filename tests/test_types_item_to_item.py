@@ -201,3 +201,11 @@ def test_embedding_term_from_the_transposed_table() -> None:
         s.score(HIST, user_emb, item_emb_t=np.ascontiguousarray(item_emb[:-1].T))
     with pytest.raises(ValueError, match="give user_emb and item_emb"):
         s.score(HIST, user_emb)
+
+
+@pytest.mark.parametrize("fmt", ["csc", "coo"])
+def test_components_in_other_sparse_formats_score_the_same(fmt) -> None:
+    want = scorer().score(HIST)
+    mats = tuple(sp.csr_matrix(m).asformat(fmt) for m in (B1, B2))
+    other = ItemToItemScorer(SRC_IDS, TGT_IDS, ("c0", "c1"), mats, (0.7, 0.3), POP, 0.2)
+    np.testing.assert_array_equal(other.score(HIST), want)

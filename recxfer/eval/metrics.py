@@ -259,7 +259,6 @@ def _kth_of_rows(rows: np.ndarray, k: int) -> np.ndarray:
         return torch.topk(torch.from_numpy(np.ascontiguousarray(rows)), k, dim=1,
                           sorted=False).values.min(dim=1).values.numpy()
     return np.partition(rows, rows.shape[1] - k, axis=1)[:, rows.shape[1] - k]
-    return out
 
 
 def rank_metrics(
