@@ -231,6 +231,12 @@ class ItemToItemScorer:
                 raise ValueError(f"component {name}: shape {matrix.shape} != ({n_src}, {n_tgt})")
         if self.popularity.shape != (n_tgt,):
             raise ValueError(f"popularity {self.popularity.shape} != ({n_tgt},)")
+        if any(getattr(m, "format", None) != "csr" for m in self.matrices):
+            import scipy.sparse as sp
+
+            # scoring gathers csr rows (``_add_scaled_product``): other formats once, here
+            object.__setattr__(self, "matrices", tuple(
+                m if getattr(m, "format", None) == "csr" else sp.csr_matrix(m) for m in self.matrices))
 
     def score(self, hist: Any, user_emb: np.ndarray | None = None,
               item_emb: np.ndarray | None = None, item_emb_t: np.ndarray | None = None) -> np.ndarray:
@@ -308,10 +314,6 @@ def _add_scaled_product(out: np.ndarray, hist: Any, matrix: Any, weight: float) 
     history of ``h`` items plus one pass over the row's ``n_tgt`` scores, with no
     sparse-product bookkeeping (2x faster than ``hist @ matrix`` for one query at
     100 k items). One formula for any ``n``, so a served query scores as offline."""
-    import scipy.sparse as sp
-
-    if getattr(matrix, "format", None) != "csr":  # the gather reads csr rows
-        matrix = sp.csr_matrix(matrix)
     n, n_tgt = out.shape
     step = max(1, _PRODUCT_BLOCK_FLOATS // max(1, n_tgt))
     for start in range(0, n, step):

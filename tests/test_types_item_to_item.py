@@ -209,3 +209,9 @@ def test_components_in_other_sparse_formats_score_the_same(fmt) -> None:
     mats = tuple(sp.csr_matrix(m).asformat(fmt) for m in (B1, B2))
     other = ItemToItemScorer(SRC_IDS, TGT_IDS, ("c0", "c1"), mats, (0.7, 0.3), POP, 0.2)
     np.testing.assert_array_equal(other.score(HIST), want)
+
+
+def test_components_are_held_as_csr() -> None:
+    s = ItemToItemScorer(SRC_IDS, TGT_IDS, ("c0",), (sp.csc_matrix(B1),), (1.0,), POP, 0.0)
+    assert s.matrices[0].format == "csr"
+    np.testing.assert_array_equal(s.matrices[0].toarray(), B1)

@@ -222,7 +222,7 @@ def _rows_of(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``scores[rows]``, a view (no copy of ``(len(rows), n_items)`` floats) when
     ``rows`` is an ascending run of consecutive rows, as the metrics' chunks are."""
     rows = np.asarray(rows)
-    if rows.ndim == 1 and len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+    if rows.ndim == 1 and len(rows) and (np.diff(rows) == 1).all():
         return scores[int(rows[0]) : int(rows[-1]) + 1]
     return scores[rows]
 
