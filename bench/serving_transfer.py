@@ -476,25 +476,25 @@ async def grpc_rounds(address: str, info: dict[str, Any], args: argparse.Namespa
         timeout = args.call_timeout
         arms: dict[str, Callable[[], Any]] = {
             "transfer": lambda: stub.Recommend(pb.RecommendRequest(
-                user_id=cold[rng.integers(len(cold))], domain=TGT, k=args.k), timeout=timeout),
+                user_id=cold[rng.integers(len(cold))], domain=TGT, k=args.k, packed=args.packed), timeout=timeout),
             "warm": lambda: stub.Recommend(pb.RecommendRequest(
-                user_id=warm[rng.integers(len(warm))], domain=TGT, k=args.k), timeout=timeout),
+                user_id=warm[rng.integers(len(warm))], domain=TGT, k=args.k, packed=args.packed), timeout=timeout),
             "history": lambda: stub.RecommendFromHistory(pb.RecommendFromHistoryRequest(
                 source_domain=SRC, source_item_ids=histories[rng.integers(len(histories))],
-                target_domain=TGT, k=args.k), timeout=timeout),
+                target_domain=TGT, k=args.k, packed=args.packed), timeout=timeout),
         }
         if args.hybrid:
             arms["transfer_hybrid"] = lambda: stub.Recommend(pb.RecommendRequest(
-                user_id=cold[rng.integers(len(cold))], domain=HYBRID, k=args.k), timeout=timeout)
+                user_id=cold[rng.integers(len(cold))], domain=HYBRID, k=args.k, packed=args.packed), timeout=timeout)
         if args.hybrid and blas1_address is not None:
             channel1 = grpc.aio.insecure_channel(blas1_address)
             stub1 = recommender_pb2_grpc.RecommenderStub(channel1)
             arms["transfer_hybrid_blas1"] = lambda: stub1.Recommend(pb.RecommendRequest(
-                user_id=cold[rng.integers(len(cold))], domain=HYBRID, k=args.k), timeout=timeout)
+                user_id=cold[rng.integers(len(cold))], domain=HYBRID, k=args.k, packed=args.packed), timeout=timeout)
         kinds = {"warm": pb.USER_KIND_WARM}
         for name, call in arms.items():  # warm-up and sanity
             response = await call()
-            assert len(response.items) == args.k, name
+            assert len(response.item_ids if args.packed else response.items) == args.k, name
             assert response.user_kind == kinds.get(name, pb.USER_KIND_TRANSFER), name
         for c in args.concurrency:
             lat: dict[str, list[float]] = {a: [] for a in arms}
@@ -600,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-blas1", dest="blas1", action="store_false",
                         help="skip the hybrid arm with BLAS limited to 1 thread")
     parser.add_argument("--history-len", type=int, default=20, help="RecommendFromHistory items")
+    parser.add_argument("--legacy-layout", dest="packed", action="store_false",
+                        help="ask for the legacy repeated-message answer instead of the packed "
+                             "layout (parallel item_ids/scores) that recxfer's client asks for")
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--rounds", type=int, default=4, help="in-process rounds per arm")
     parser.add_argument("--grpc-rounds", type=int, default=2, help="gRPC rounds per arm and c")
@@ -707,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
                  "python": platform.python_version(), "platform": platform.platform(),
                  "load_average_at_start": load_start, "load_average_at_end": os.getloadavg()},
         "threads": threads,
-        "server": {"workers": args.workers, "search_threads": 1, "index_device": "cpu"},
+        "server": {"workers": args.workers, "search_threads": 1, "index_device": "cpu",
+                   "answer_layout": "packed" if args.packed else "legacy"},
         "in_process": local,
         "in_process_ratios": ratios(local, arms),
         "grpc_unary": remote,

@@ -21,8 +21,8 @@ import torch
 
 from recxfer.config import to_dict
 from recxfer.data.benchmarks import ColdStartTask, load_task
-from recxfer.eval.protocol import full_ranking_metrics_scores
-from recxfer.eval.sampled import sampled_metrics_scores
+from recxfer.eval.protocol import full_ranking_per_user
+from recxfer.eval.sampled import instance_metrics, metrics_from_ranks, sampled_ranks_scores
 from recxfer.train.cold_start import (
     DEFAULT_METHOD,
     ColdStartConfig,
@@ -32,6 +32,9 @@ from recxfer.train.cold_start import (
 )
 
 FULL_KEYS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@50")
+# the per-user values bench-cdr writes for the test users (what the goal is judged on)
+PER_USER_SAMPLED = ("NDCG@10", "HR@10")
+PER_USER_FULL = ("recall@50",)
 _VALID_SEED_OFFSET = 1000
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
@@ -53,7 +56,8 @@ def _instances(rows: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -
 def evaluate_scores(
     score_fn: ScoreFn, user_ids: np.ndarray, item_ids: np.ndarray, rows: pd.DataFrame,
     seed: int, n_neg: int = 999, ks: tuple[int, ...] = (10, 20, 50), mrr: bool = True,
-) -> dict[str, dict[str, float]]:
+    per_user: bool = False,
+) -> dict[str, Any]:
     """``{"sampled": ..., "full": ...}`` of a scorer on held-out target ``rows``.
 
     Args:
@@ -62,22 +66,42 @@ def evaluate_scores(
         item_ids: ``(n_items,)`` the catalogue (columns of the scores).
         mrr: ``False`` leaves the full ranking's MRR out (faster: see
             ``full_ranking_metrics_scores``); the sampled metrics are unchanged.
+        per_user: also return ``"per_user"``: each evaluated user's values, the
+            figures a paired bootstrap resamples (``eval/bootstrap.py``):
+            ``{"users": [ids], "instances": [...], "sampled": {metric: [sums over
+            the user's instances]}, "full": {metric: [values]}}`` for the sampled
+            ``PER_USER_SAMPLED`` and full ``PER_USER_FULL`` metrics (those in ``ks``).
+            The means of the sums over ``sum(instances)`` are the sampled figures.
     """
     inst_user, inst_item = _instances(rows, user_ids, item_ids)
-    sampled = sampled_metrics_scores(score_fn, inst_user, inst_item, len(item_ids), n_neg, seed)
+    ranks = sampled_ranks_scores(score_fn, inst_user, inst_item, len(item_ids), n_neg, seed)  # (n,)
+    sampled = metrics_from_ranks(ranks)
     order = np.argsort(inst_user, kind="stable")
     users, starts = np.unique(inst_user[order], return_index=True)
     relevant = np.split(inst_item[order], starts[1:])
-    full = full_ranking_metrics_scores(lambda r: score_fn(users[r]), len(users), relevant, ks,
-                                       seed=seed, mrr=mrr)
-    return {"sampled": sampled, "full": full}
+    full_users = full_ranking_per_user(lambda r: score_fn(users[r]), len(users), relevant, ks, seed=seed, mrr=mrr)
+    full = {name: float(np.nanmean(values)) for name, values in full_users.items()} | {"users": float(len(users))}
+    result: dict[str, Any] = {"sampled": sampled, "full": full}
+    if per_user:
+        owner = np.searchsorted(users, inst_user)  # (n,) position of each instance's user
+        per_instance = instance_metrics(ranks)
+        result["per_user"] = {
+            "users": [str(u) for u in np.asarray(user_ids, dtype=object)[users]],
+            "instances": np.bincount(owner, minlength=len(users)).tolist(),
+            "sampled": {name: np.bincount(owner, weights=per_instance[name], minlength=len(users)).tolist()
+                        for name in PER_USER_SAMPLED},
+            "full": {name: full_users[name].tolist() for name in PER_USER_FULL if name in full_users},
+        }
+    return result
 
 
-def evaluate_scorer(emb: TargetScorer, rows: pd.DataFrame, seed: int, n_neg: int = 999) -> dict[str, dict[str, float]]:
-    """``evaluate_scores`` of a fitted method, with the report's full-ranking keys."""
-    result = evaluate_scores(emb.score, emb.user_ids, emb.item_ids, rows, seed, n_neg)
+def evaluate_scorer(emb: TargetScorer, rows: pd.DataFrame, seed: int, n_neg: int = 999,
+                    per_user: bool = False) -> dict[str, Any]:
+    """``evaluate_scores`` of a fitted method, with the report's full-ranking keys
+    (and ``"per_user"`` when asked)."""
+    result = evaluate_scores(emb.score, emb.user_ids, emb.item_ids, rows, seed, n_neg, per_user=per_user)
     full = result["full"]
-    return {"sampled": result["sampled"], "full": {k: full[k] for k in FULL_KEYS} | {"users": full["users"]}}
+    return result | {"full": {k: full[k] for k in FULL_KEYS} | {"users": full["users"]}}
 
 
 evaluate_embeddings = evaluate_scorer  # the name of earlier releases
@@ -128,8 +152,9 @@ def run_bench_cdr(
     train_seconds = time.perf_counter() - start
     valid_rows = np.searchsorted(emb.user_ids, valid_users)
     valid_objective = validator(lambda r: emb.score(valid_rows[r]), emb.item_ids)
-    result = evaluate_scorer(emb, task.test, seed, n_neg)
-    popularity = evaluate_scorer(popularity_embeddings(task, cold_users), task.test, seed, n_neg)
+    result = evaluate_scorer(emb, task.test, seed, n_neg, per_user=True)
+    popularity = evaluate_scorer(popularity_embeddings(task, cold_users), task.test, seed, n_neg, per_user=True)
+    per_user = {"method": result.pop("per_user"), "popularity": popularity.pop("per_user")}
     device = emb.info.get("device", "cuda" if torch.cuda.is_available() else "cpu")
     return {
         "format": fmt,
@@ -152,6 +177,9 @@ def run_bench_cdr(
         "torch_threads": torch.get_num_threads(),
         "info": _jsonable({k: v for k, v in emb.info.items() if k != "device"}),
         "config": to_dict(config),
+        # the test users' own values (method and popularity): ``bench/cdr_ci.py``
+        # bootstraps the ratios to the baselines from them
+        "per_user": per_user,
     }
 
 

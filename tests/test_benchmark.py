@@ -13,6 +13,8 @@ import pytest
 
 from recxfer.benchmark import (
     FULL_KEYS,
+    PER_USER_FULL,
+    PER_USER_SAMPLED,
     evaluate_embeddings,
     popularity_embeddings,
     run_bench_cdr,
@@ -133,6 +135,28 @@ def test_metric_blocks_are_consistent(results, method: str) -> None:
     for block in (result["full"], result["popularity"]["full"]):
         assert block["recall@10"] <= block["recall@20"] <= block["recall@50"]
         assert block["ndcg@10"] <= block["ndcg@50"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_per_user_values_average_to_the_reported_figures(cdrib_dirs, results, method: str) -> None:
+    """``per_user`` (what bench/cdr_ci.py bootstraps): the test users in order, whose
+    sums over ``sum(instances)`` are the sampled figures and whose means are the full
+    ones, for the method and for popularity."""
+    result = results[method]
+    users = sorted(load_cdrib(*cdrib_dirs).test["user_id"].unique())
+    for per_user, block in ((result["per_user"]["method"], result),
+                            (result["per_user"]["popularity"], result["popularity"])):
+        assert per_user["users"] == [str(u) for u in users]
+        instances = np.asarray(per_user["instances"], np.float64)
+        assert len(instances) == len(users) and instances.min() >= 1
+        assert instances.sum() == block["sampled"]["instances"]
+        assert set(per_user["sampled"]) == set(PER_USER_SAMPLED) and set(per_user["full"]) == set(PER_USER_FULL)
+        for name in PER_USER_SAMPLED:
+            values = np.asarray(per_user["sampled"][name])
+            assert (values >= 0).all() and (values <= instances).all()
+            assert values.sum() / instances.sum() == pytest.approx(block["sampled"][name], rel=1e-12)
+        for name in PER_USER_FULL:
+            assert np.mean(per_user["full"][name]) == pytest.approx(block["full"][name], rel=1e-12)
 
 
 def test_popularity_block_is_the_same_for_every_method(results) -> None:

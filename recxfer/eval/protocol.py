@@ -47,7 +47,7 @@ def _exclude(scores: np.ndarray, banned: Sequence[np.ndarray]) -> None:
     scores[rows[ok], flat[ok]] = -np.inf
 
 
-def full_ranking_metrics_scores(
+def full_ranking_per_user(
     score_fn: ScoreFn,
     n_users: int,
     relevant: Sequence[np.ndarray],
@@ -57,8 +57,8 @@ def full_ranking_metrics_scores(
     seed: int = 0,
     chunk_size: int = CHUNK_USERS,
     mrr: bool = True,
-) -> dict[str, float]:
-    """Mean recall@k, ndcg@k, hr@k (each ``k`` in ``ks``) and MRR over users, of any scorer.
+) -> dict[str, np.ndarray]:
+    """Per-user recall@k, ndcg@k, hr@k (each ``k`` in ``ks``) and MRR, of any scorer.
 
     Each user's ranking orders the whole catalogue by score, descending, then by a
     seeded random permutation of the items (``tie_break_keys(user, item, seed)``);
@@ -82,8 +82,8 @@ def full_ranking_metrics_scores(
             (the choice of validation searches).
 
     Returns:
-        ``{"recall@10": ..., "ndcg@10": ..., "hr@10": ..., ..., "mrr": ..., "users": n}``;
-        means over users with ``n_relevant > 0``.
+        ``{"recall@10": (n_users,), "ndcg@10": ..., "hr@10": ..., ..., "mrr": ...}``
+        float64, ``nan`` for users with ``n_relevant == 0``.
     """
     if n_users < 1 or len(relevant) == 0:
         raise ValueError("no users to evaluate")
@@ -110,7 +110,25 @@ def full_ranking_metrics_scores(
         for name, values in rank_metrics(owner, rank, n_rel[start:stop], ks, n_items).items():
             if mrr or name != "mrr":
                 parts.setdefault(name, []).append(values)
-    result = {name: float(np.nanmean(np.concatenate(values))) for name, values in parts.items()}
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def full_ranking_metrics_scores(
+    score_fn: ScoreFn,
+    n_users: int,
+    relevant: Sequence[np.ndarray],
+    ks: Sequence[int] = DEFAULT_KS,
+    exclude: Sequence[np.ndarray] | None = None,
+    n_relevant: np.ndarray | None = None,
+    seed: int = 0,
+    chunk_size: int = CHUNK_USERS,
+    mrr: bool = True,
+) -> dict[str, float]:
+    """Mean recall@k, ndcg@k, hr@k (each ``k`` in ``ks``) and MRR over users, of any
+    scorer: the means of ``full_ranking_per_user`` (same arguments) over users with
+    ``n_relevant > 0``, and ``"users": n_users``."""
+    per_user = full_ranking_per_user(score_fn, n_users, relevant, ks, exclude, n_relevant, seed, chunk_size, mrr)
+    result = {name: float(np.nanmean(values)) for name, values in per_user.items()}
     result["users"] = float(n_users)
     return result
 

@@ -51,24 +51,31 @@ def sampled_ranks(pos_scores: np.ndarray, neg_scores: np.ndarray, seed: int = 0)
     return (1 + greater + rng.integers(0, equal + 1)).astype(np.int64)
 
 
+def instance_metrics(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-instance ``MRR, NDCG@5, NDCG@10, HR@1, HR@5, HR@10`` (``(n,)`` float64
+    each) of ``(n,)`` 1-based ranks: ``metrics_from_ranks`` is their mean."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    ndcg = 1.0 / np.log2(ranks + 1.0)
+    return {
+        "MRR": 1.0 / ranks,
+        "NDCG@5": np.where(ranks <= 5, ndcg, 0.0),
+        "NDCG@10": np.where(ranks <= 10, ndcg, 0.0),
+        "HR@1": (ranks <= 1).astype(np.float64),
+        "HR@5": (ranks <= 5).astype(np.float64),
+        "HR@10": (ranks <= 10).astype(np.float64),
+    }
+
+
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     """Mean ``MRR, NDCG@5, NDCG@10, HR@1, HR@5, HR@10`` of ``(n,)`` 1-based ranks."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise ValueError("no instances")
-    ndcg = 1.0 / np.log2(ranks + 1.0)
-    return {
-        "MRR": float(np.mean(1.0 / ranks)),
-        "NDCG@5": float(np.mean(np.where(ranks <= 5, ndcg, 0.0))),
-        "NDCG@10": float(np.mean(np.where(ranks <= 10, ndcg, 0.0))),
-        "HR@1": float(np.mean(ranks <= 1)),
-        "HR@5": float(np.mean(ranks <= 5)),
-        "HR@10": float(np.mean(ranks <= 10)),
-        "instances": float(ranks.size),
-    }
+    return {name: float(np.mean(values)) for name, values in instance_metrics(ranks).items()} | {
+        "instances": float(ranks.size)}
 
 
-def sampled_metrics_scores(
+def sampled_ranks_scores(
     score_fn: Callable[[np.ndarray], np.ndarray],
     instance_user: np.ndarray,
     instance_item: np.ndarray,
@@ -77,8 +84,8 @@ def sampled_metrics_scores(
     seed: int = 0,
     chunk_size: int = 1024,
     unique_users: bool = True,
-) -> dict[str, float]:
-    """Sampled-protocol metrics of any scorer.
+) -> np.ndarray:
+    """``(n,)`` 1-based sampled-protocol rank of each instance's positive, of any scorer.
 
     Negatives are ``sample_negatives(n, n_items, n_neg, seed)``; ranks are
     ``sampled_ranks(..., seed + 1)`` (ties broken at random).
@@ -118,7 +125,23 @@ def sampled_metrics_scores(
         base = owner.astype(np.int64) * n_items  # (c,) row offsets
         pos.append(flat.take(base + instance_item[start:stop]))  # (c,)
         neg.append(flat.take(base[:, None] + negatives[start:stop]))  # (c, n_neg)
-    return metrics_from_ranks(sampled_ranks(np.concatenate(pos), np.concatenate(neg), seed + 1))
+    return sampled_ranks(np.concatenate(pos), np.concatenate(neg), seed + 1)
+
+
+def sampled_metrics_scores(
+    score_fn: Callable[[np.ndarray], np.ndarray],
+    instance_user: np.ndarray,
+    instance_item: np.ndarray,
+    n_items: int,
+    n_neg: int = 999,
+    seed: int = 0,
+    chunk_size: int = 1024,
+    unique_users: bool = True,
+) -> dict[str, float]:
+    """Sampled-protocol metrics of any scorer: ``metrics_from_ranks`` of
+    ``sampled_ranks_scores`` (same arguments)."""
+    return metrics_from_ranks(sampled_ranks_scores(score_fn, instance_user, instance_item, n_items, n_neg,
+                                                   seed, chunk_size, unique_users))
 
 
 def sampled_metrics(

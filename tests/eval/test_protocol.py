@@ -7,20 +7,22 @@ import math
 import numpy as np
 import pytest
 
-from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics
+from recxfer.eval.protocol import DEFAULT_KS, full_ranking_metrics, full_ranking_per_user
 
 
-def naive_full_ranking(user_emb, item_emb, relevant, ks, exclude=None, n_relevant=None):
+def naive_full_ranking(user_emb, item_emb, relevant, ks, exclude=None, n_relevant=None, per_user=None):
     # Gaussian embeddings give no tied scores, so the stable argsort's tie rule
     # (lowest index first) never applies here; ties are tested in test_ties.py.
     scores = user_emb.astype(np.float64) @ item_emb.astype(np.float64).T  # (U, I)
-    per_user: dict[str, list[float]] = {}
+    per_user = {} if per_user is None else per_user  # name -> values of the users with n > 0
     for u, rel in enumerate(relevant):
         banned = set() if exclude is None else {int(b) for b in exclude[u]}
         ranking = [int(j) for j in np.argsort(-scores[u], kind="stable") if int(j) not in banned]
         rel_set = {int(r) for r in rel}
         n = len(rel_set) if n_relevant is None else int(n_relevant[u])
         if n == 0:
+            if per_user is not None:
+                per_user.setdefault("skipped", []).append(u)
             continue
         for k in ks:
             top = ranking[:k]
@@ -32,7 +34,7 @@ def naive_full_ranking(user_emb, item_emb, relevant, ks, exclude=None, n_relevan
             per_user.setdefault(f"hr@{k}", []).append(float(any(hits)))
         ranks = [p + 1 for p, j in enumerate(ranking) if j in rel_set]
         per_user.setdefault("mrr", []).append(1 / ranks[0] if ranks else 0.0)
-    out = {name: float(np.mean(vals)) for name, vals in per_user.items()}
+    out = {name: float(np.mean(vals)) for name, vals in per_user.items() if name != "skipped"}
     out["users"] = float(len(relevant))
     return out
 
@@ -64,6 +66,25 @@ def test_matches_naive_full_ranking(seed: int) -> None:
     assert_metrics_equal(got, naive_full_ranking(user_emb, item_emb, relevant, ks, exclude))
     assert got["users"] == 40.0
     assert 0 < got["recall@20"] < 1
+
+
+def test_per_user_values_match_the_naive_ones() -> None:
+    """``full_ranking_per_user``: each user's own value, ``nan`` for a user with nothing
+    held out; its nan-mean is ``full_ranking_metrics``."""
+    user_emb, item_emb, relevant, exclude = random_problem(5)
+    ks = (1, 10)
+    want: dict[str, list] = {}
+    naive_full_ranking(user_emb, item_emb, relevant, ks, exclude, per_user=want)
+    scores = user_emb @ item_emb.T
+    got = full_ranking_per_user(lambda rows: scores[rows], len(relevant), relevant, ks, exclude)
+    assert set(got) == set(want) - {"skipped"}
+    kept = np.setdiff1d(np.arange(len(relevant)), want["skipped"])
+    for name, values in got.items():
+        assert values.shape == (len(relevant),)
+        assert np.isnan(values[want["skipped"]]).all()
+        np.testing.assert_allclose(values[kept], want[name], rtol=1e-9, atol=1e-12)
+    assert_metrics_equal(full_ranking_metrics(user_emb, item_emb, relevant, ks, exclude),
+                         {n: float(np.nanmean(v)) for n, v in got.items()} | {"users": 40.0})
 
 
 def test_matches_naive_without_exclusion_and_with_n_relevant() -> None:

@@ -15,11 +15,13 @@ import torch
 
 from recxfer.eval.sampled import (
     SAMPLED_KEYS,
+    instance_metrics,
     metrics_from_ranks,
     sample_negatives,
     sampled_metrics,
     sampled_metrics_scores,
     sampled_ranks,
+    sampled_ranks_scores,
 )
 
 # ----------------------------------------------------------------------------- references
@@ -179,6 +181,18 @@ def test_metrics_from_ranks_vs_naive_on_random_ranks() -> None:
         assert got[key] == pytest.approx(value), key
 
 
+def test_instance_metrics_are_per_instance_values_whose_means_are_the_metrics() -> None:
+    ranks = np.random.default_rng(1).integers(1, 30, size=200)
+    per = instance_metrics(ranks)
+    means = metrics_from_ranks(ranks)
+    assert set(per) | {"instances"} == set(means)
+    for key, values in per.items():
+        assert values.shape == (200,) and values.dtype == np.float64
+        assert values.mean() == means[key], key
+    for r, ndcg, hr in zip(ranks, per["NDCG@10"], per["HR@10"]):  # one instance at a time
+        assert hr == float(r <= 10) and ndcg == pytest.approx(1 / math.log2(r + 1) if r <= 10 else 0.0)
+
+
 def test_metrics_from_ranks_rejects_no_instances() -> None:
     with pytest.raises(ValueError):
         metrics_from_ranks(np.array([], dtype=np.int64))
@@ -329,6 +343,8 @@ def test_sampled_metrics_scores_score_unique_users_and_equal_the_embeddings_vers
     small = sampled_metrics_scores(score_fn, inst_user, inst_item, N_ITEMS, N_NEG, 3, chunk_size=100)
     repeats = sampled_metrics_scores(score_fn, inst_user, inst_item, N_ITEMS, N_NEG, 3, unique_users=False)
     assert small == got == repeats
+    ranks = sampled_ranks_scores(score_fn, inst_user, inst_item, N_ITEMS, N_NEG, seed=3)
+    assert ranks.shape == (N_INSTANCES,) and metrics_from_ranks(ranks) == got
 
 
 def test_sampled_metrics_scores_of_a_constant_scorer_are_random_level() -> None:
