@@ -147,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             for metric, ci in block["metrics"].items():
                 lines.append(f"| {direction} | {label} | {metric} | {ci['ratio']:.3f} | {ci['low']:.3f}-{ci['high']:.3f} "
                              f"| {ci['p_at_least']:.2f} | {ci['best_baseline']} |")
+    if not report["directions"]:
+        print(f"no {args.method} results with per-user values in {results} (bench-cdr writes them "
+              "since the release that added bench/cdr_ci.py)", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else results / "ci.json"
     report["table"] = lines
     out.write_text(json.dumps(report, indent=1) + "\n")

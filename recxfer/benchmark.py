@@ -22,7 +22,12 @@ import torch
 from recxfer.config import to_dict
 from recxfer.data.benchmarks import ColdStartTask, load_task
 from recxfer.eval.protocol import full_ranking_per_user
-from recxfer.eval.sampled import instance_metrics, metrics_from_ranks, sampled_ranks_scores
+from recxfer.eval.sampled import (
+    expected_sampled_metrics_scores,
+    instance_metrics,
+    metrics_from_ranks,
+    sampled_ranks_scores,
+)
 from recxfer.train.cold_start import (
     DEFAULT_METHOD,
     ColdStartConfig,
@@ -56,7 +61,7 @@ def _instances(rows: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -
 def evaluate_scores(
     score_fn: ScoreFn, user_ids: np.ndarray, item_ids: np.ndarray, rows: pd.DataFrame,
     seed: int, n_neg: int = 999, ks: tuple[int, ...] = (10, 20, 50), mrr: bool = True,
-    per_user: bool = False,
+    per_user: bool = False, sampled: str = "drawn",
 ) -> dict[str, Any]:
     """``{"sampled": ..., "full": ...}`` of a scorer on held-out target ``rows``.
 
@@ -72,16 +77,26 @@ def evaluate_scores(
             the user's instances]}, "full": {metric: [values]}}`` for the sampled
             ``PER_USER_SAMPLED`` and full ``PER_USER_FULL`` metrics (those in ``ks``).
             The means of the sums over ``sum(instances)`` are the sampled figures.
+        sampled: ``"drawn"``: the protocol's seeded negatives (what is reported);
+            ``"expected"``: the metrics' expectation over the negatives' draw
+            (``expected_sampled_metrics_scores``, no ``seed``), what validation
+            selects on. ``per_user`` needs ``"drawn"``.
     """
+    if sampled not in ("drawn", "expected") or (per_user and sampled != "drawn"):
+        raise ValueError(f"sampled must be 'drawn' or 'expected' (per_user needs 'drawn'), got {sampled!r}")
     inst_user, inst_item = _instances(rows, user_ids, item_ids)
-    ranks = sampled_ranks_scores(score_fn, inst_user, inst_item, len(item_ids), n_neg, seed)  # (n,)
-    sampled = metrics_from_ranks(ranks)
+    if sampled == "expected":
+        ranks = None
+        sampled_metrics = expected_sampled_metrics_scores(score_fn, inst_user, inst_item, len(item_ids), n_neg)
+    else:
+        ranks = sampled_ranks_scores(score_fn, inst_user, inst_item, len(item_ids), n_neg, seed)  # (n,)
+        sampled_metrics = metrics_from_ranks(ranks)
     order = np.argsort(inst_user, kind="stable")
     users, starts = np.unique(inst_user[order], return_index=True)
     relevant = np.split(inst_item[order], starts[1:])
     full_users = full_ranking_per_user(lambda r: score_fn(users[r]), len(users), relevant, ks, seed=seed, mrr=mrr)
     full = {name: float(np.nanmean(values)) for name, values in full_users.items()} | {"users": float(len(users))}
-    result: dict[str, Any] = {"sampled": sampled, "full": full}
+    result: dict[str, Any] = {"sampled": sampled_metrics, "full": full}
     if per_user:
         owner = np.searchsorted(users, inst_user)  # (n,) position of each instance's user
         per_instance = instance_metrics(ranks)
@@ -144,7 +159,7 @@ def run_bench_cdr(
     def validator(score_fn: ScoreFn, item_ids: np.ndarray) -> float:
         return validation_objective(
             evaluate_scores(score_fn, valid_users, item_ids, task.valid, seed + _VALID_SEED_OFFSET,
-                            n_neg, ks=(50,), mrr=False))
+                            n_neg, ks=(50,), mrr=False, sampled=config.selection_sampled))
 
     start = time.perf_counter()
     emb = fit_cold_start(method, task.train, task.source, task.target, cold_users, config,

@@ -283,3 +283,24 @@ def test_cli_method_list_is_the_registry() -> None:
     from recxfer.cli import COLD_START_METHODS
 
     assert COLD_START_METHODS == METHODS
+
+
+def test_selection_reads_the_sampled_protocol_drawn_or_expected(cdrib_dirs) -> None:
+    """``selection_sampled``: validation on the drawn negatives or their expectation;
+    test figures are the drawn protocol's either way."""
+    with pytest.raises(ValueError, match="selection_sampled"):
+        ColdStartConfig(selection_sampled="mean")
+    task = load_cdrib(*cdrib_dirs)
+    users = np.sort(task.test["user_id"].unique())
+    pop = popularity_embeddings(task, users)
+    from recxfer.benchmark import evaluate_scores
+    drawn = evaluate_scores(pop.score, pop.user_ids, pop.item_ids, task.test, 0, N_NEG)
+    expected = evaluate_scores(pop.score, pop.user_ids, pop.item_ids, task.test, 0, N_NEG, sampled="expected")
+    assert expected["full"] == drawn["full"]
+    assert expected["sampled"]["HR@10"] == pytest.approx(drawn["sampled"]["HR@10"], abs=0.05)
+    with pytest.raises(ValueError, match="per_user needs"):
+        evaluate_scores(pop.score, pop.user_ids, pop.item_ids, task.test, 0, N_NEG, per_user=True,
+                        sampled="expected")
+    config = dataclasses.replace(TINY, selection_sampled="expected")
+    result = run_bench_cdr("cdrib", *cdrib_dirs, "itemknn", seed=0, config=config, n_neg=N_NEG)
+    assert result["config"]["selection_sampled"] == "expected" and 0 < result["valid_objective"] <= 1

@@ -144,6 +144,69 @@ def sampled_metrics_scores(
                                                    seed, chunk_size, unique_users))
 
 
+def expected_sampled_metrics_scores(
+    score_fn: Callable[[np.ndarray], np.ndarray],
+    instance_user: np.ndarray,
+    instance_item: np.ndarray,
+    n_items: int,
+    n_neg: int = 999,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """The sampled-protocol metrics' expectation over the negatives' draw, of any
+    scorer: what ``sampled_metrics_scores`` averages to over its seeds, without the
+    draw's noise (a selection between close candidates then compares the models,
+    not their negatives).
+
+    Each of the ``n_neg`` negatives is drawn uniformly from the ``n_items`` columns,
+    so for an instance whose positive has ``g`` items scoring above it and ``t``
+    equal to it (itself included) a negative ranks above it with probability ``q =
+    (g + t / 2) / n_items`` (a tie broken by a fair coin; the protocol's uniform
+    tie-break has the same mean) and its rank is ``1 + Binomial(n_neg, q)``:
+    ``HR@k = P(B <= k - 1)``, ``NDCG@k = sum_{j < k} P(B = j) / log2(j + 2)``,
+    ``MRR = E[1 / (1 + B)] = (1 - (1 - q)^(n_neg + 1)) / ((n_neg + 1) q)``.
+
+    Args: as ``sampled_ranks_scores`` (no seed: nothing is drawn).
+
+    Returns:
+        the means of ``SAMPLED_KEYS`` over the instances, and ``"instances"``.
+    """
+    from scipy.stats import binom
+
+    instance_user = np.asarray(instance_user, dtype=np.int64)
+    instance_item = np.asarray(instance_item, dtype=np.int64)
+    if instance_user.ndim != 1 or instance_user.shape != instance_item.shape:
+        raise ValueError(f"instance_user {instance_user.shape} and instance_item {instance_item.shape} must be (n,)")
+    if len(instance_user) == 0:
+        raise ValueError("no instances")
+    q = np.empty(len(instance_user), np.float64)  # (n,) chance that one negative ranks above
+    for start in range(0, len(instance_user), chunk_size):
+        users = instance_user[start:start + chunk_size]
+        rows, owner = np.unique(users, return_inverse=True)
+        scores = np.asarray(score_fn(rows))  # (u, I)
+        if scores.shape != (len(rows), n_items):
+            raise ValueError(f"score_fn gave {scores.shape}, want ({len(rows)}, {n_items})")
+        if np.isnan(scores).any():
+            raise ValueError("scores contain nan (a diverged model?)")
+        per = scores[owner]  # (c, I): each instance's user row
+        pos = per[np.arange(len(owner)), instance_item[start:start + chunk_size]][:, None]  # (c, 1)
+        q[start:start + len(owner)] = ((per > pos).sum(axis=1) + 0.5 * (per == pos).sum(axis=1)) / n_items
+    j = np.arange(10)
+    pmf = binom.pmf(j[None, :], n_neg, q[:, None])  # (n, 10): P(B = j)
+    gain = 1.0 / np.log2(j + 2.0)
+    with np.errstate(divide="ignore"):  # q = 1: log1p(-1) = -inf, the limit is right
+        tail = -np.expm1((n_neg + 1) * np.log1p(-q))  # 1 - (1 - q)^(n_neg + 1)
+    mrr = np.divide(tail, (n_neg + 1) * q, out=np.ones_like(q), where=q > 0)
+    return {
+        "MRR": float(mrr.mean()),
+        "NDCG@5": float((pmf[:, :5] @ gain[:5]).mean()),
+        "NDCG@10": float((pmf @ gain).mean()),
+        "HR@1": float(pmf[:, 0].mean()),
+        "HR@5": float(pmf[:, :5].sum(axis=1).mean()),
+        "HR@10": float(pmf.sum(axis=1).mean()),
+        "instances": float(len(q)),
+    }
+
+
 def sampled_metrics(
     user_emb: np.ndarray,
     item_emb: np.ndarray,

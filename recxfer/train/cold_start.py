@@ -74,6 +74,13 @@ class ColdStartConfig:
     dae: DAEConfig = field(default_factory=DAEConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     device: str = "auto"
+    # how a benchmark's validation reads the sampled protocol: "drawn" (seeded
+    # negatives, as reported) or "expected" (the expectation over the draw)
+    selection_sampled: str = "drawn"
+
+    def __post_init__(self) -> None:
+        if self.selection_sampled not in ("drawn", "expected"):
+            raise ValueError(f"selection_sampled must be 'drawn' or 'expected', got {self.selection_sampled!r}")
 
     def with_seed(self, seed: int) -> "ColdStartConfig":
         """This config with every model seed set to ``seed``."""

@@ -15,6 +15,7 @@ import torch
 
 from recxfer.eval.sampled import (
     SAMPLED_KEYS,
+    expected_sampled_metrics_scores,
     instance_metrics,
     metrics_from_ranks,
     sample_negatives,
@@ -363,3 +364,34 @@ def test_sampled_metrics_scores_reject_bad_input() -> None:
         sampled_metrics_scores(lambda rows: np.zeros((len(rows), 10)), np.zeros(0, int), np.zeros(0, int), 10, 5)
     with pytest.raises(ValueError):  # mismatched instances
         sampled_metrics_scores(lambda rows: np.zeros((len(rows), 10)), np.array([0, 1]), np.array([0]), 10, 5)
+
+
+def test_expected_sampled_metrics_are_the_mean_over_negative_draws() -> None:
+    """The closed form against the drawn protocol averaged over 400 seeds."""
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((30, 200)).astype(np.float32)
+    scores[:, :20] = np.round(scores[:, :20])  # some ties
+    inst_user, inst_item = rng.integers(0, 30, 300), rng.integers(0, 200, 300)
+    got = expected_sampled_metrics_scores(lambda r: scores[r], inst_user, inst_item, 200, 49, chunk_size=64)
+    drawn = [sampled_metrics_scores(lambda r: scores[r], inst_user, inst_item, 200, 49, seed=s) for s in range(400)]
+    assert got["instances"] == 300.0 and set(got) == set(SAMPLED_KEYS) | {"instances"}
+    for key in SAMPLED_KEYS:
+        values = np.array([d[key] for d in drawn])
+        assert abs(got[key] - values.mean()) < 4 * values.std() / np.sqrt(len(values)) + 1e-3, key
+
+
+def test_expected_sampled_metrics_of_exact_cases() -> None:
+    n_items, n_neg = 100, 99
+    inst_user, inst_item = np.arange(5), np.arange(5)
+    oracle = np.full((5, n_items), -1.0)
+    oracle[inst_user, inst_item] = 1.0  # each positive alone on top: q = 1 / n_items (itself, a tie)
+    got = expected_sampled_metrics_scores(lambda r: oracle[r], inst_user, inst_item, n_items, n_neg)
+    q = 0.5 / n_items
+    assert got["HR@1"] == pytest.approx((1 - q) ** n_neg)
+    assert got["MRR"] == pytest.approx((1 - (1 - q) ** (n_neg + 1)) / ((n_neg + 1) * q))
+    constant = expected_sampled_metrics_scores(lambda r: np.zeros((len(r), n_items)), inst_user, inst_item,
+                                               n_items, n_neg)  # q = 1/2: rank about 50 of 100
+    assert constant["HR@10"] < 1e-10 and constant["MRR"] == pytest.approx(1 / 50, rel=0.05)
+    with pytest.raises(ValueError, match="nan"):
+        expected_sampled_metrics_scores(lambda r: np.full((len(r), n_items), np.nan), inst_user, inst_item,
+                                        n_items, n_neg)
