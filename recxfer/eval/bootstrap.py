@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-# resamples per block of the count matrix: bounds memory to ``block x n_users`` int64
+# resamples per block of the count matrix: bounds memory to ``block x n_users`` float64
 _BLOCK = 256
 
 
