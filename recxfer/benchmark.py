@@ -21,7 +21,7 @@ import torch
 
 from recxfer.config import to_dict
 from recxfer.data.benchmarks import ColdStartTask, load_task
-from recxfer.eval.protocol import full_ranking_per_user
+from recxfer.eval.protocol import full_ranking_per_user, per_user_means
 from recxfer.eval.sampled import (
     expected_sampled_metrics_scores,
     instance_metrics,
@@ -95,8 +95,7 @@ def evaluate_scores(
     users, starts = np.unique(inst_user[order], return_index=True)
     relevant = np.split(inst_item[order], starts[1:])
     full_users = full_ranking_per_user(lambda r: score_fn(users[r]), len(users), relevant, ks, seed=seed, mrr=mrr)
-    full = {name: float(np.nanmean(values)) for name, values in full_users.items()} | {"users": float(len(users))}
-    result: dict[str, Any] = {"sampled": sampled_metrics, "full": full}
+    result: dict[str, Any] = {"sampled": sampled_metrics, "full": per_user_means(full_users)}
     if per_user:
         owner = np.searchsorted(users, inst_user)  # (n,) position of each instance's user
         per_instance = instance_metrics(ranks)

@@ -128,9 +128,14 @@ def full_ranking_metrics_scores(
     scorer: the means of ``full_ranking_per_user`` (same arguments) over users with
     ``n_relevant > 0``, and ``"users": n_users``."""
     per_user = full_ranking_per_user(score_fn, n_users, relevant, ks, exclude, n_relevant, seed, chunk_size, mrr)
-    result = {name: float(np.nanmean(values)) for name, values in per_user.items()}
-    result["users"] = float(n_users)
-    return result
+    return per_user_means(per_user)
+
+
+def per_user_means(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """``full_ranking_per_user``'s values averaged over the users with held-out items
+    (``nan`` left out), and ``"users"``: how many users were evaluated."""
+    n_users = len(next(iter(per_user.values()))) if per_user else 0
+    return {name: float(np.nanmean(values)) for name, values in per_user.items()} | {"users": float(n_users)}
 
 
 def full_ranking_metrics(

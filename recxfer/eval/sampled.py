@@ -9,7 +9,7 @@ expected rank of a random one rather than rank 1.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -75,6 +75,38 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
         "instances": float(ranks.size)}
 
 
+def _checked_instances(instance_user: np.ndarray, instance_item: np.ndarray,
+                       chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(n,)`` int64 instance users and items, refused when empty or misshapen."""
+    instance_user = np.asarray(instance_user, dtype=np.int64)
+    instance_item = np.asarray(instance_item, dtype=np.int64)
+    if instance_user.ndim != 1 or instance_user.shape != instance_item.shape:
+        raise ValueError(f"instance_user {instance_user.shape} and instance_item {instance_item.shape} must be (n,)")
+    if len(instance_user) == 0:
+        raise ValueError("no instances")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return instance_user, instance_item
+
+
+def _instance_chunks(score_fn: Callable[[np.ndarray], np.ndarray], instance_user: np.ndarray, n_items: int,
+                     chunk_size: int, unique_users: bool) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Per chunk of ``chunk_size`` instances: ``(start, stop, scores, owner)``, the
+    ``(u, n_items)`` scores of the chunk's users (each once when ``unique_users``)
+    and ``owner`` ``(c,)``, each instance's row of them."""
+    for start in range(0, len(instance_user), chunk_size):
+        stop = start + chunk_size
+        users = instance_user[start:stop]  # (c,)
+        if unique_users:
+            rows, owner = np.unique(users, return_inverse=True)  # (u,), (c,)
+        else:
+            rows, owner = users, np.arange(len(users))
+        scores = np.asarray(score_fn(rows))  # (u, I)
+        if scores.shape != (len(rows), n_items):
+            raise ValueError(f"score_fn gave {scores.shape}, want ({len(rows)}, {n_items})")
+        yield start, stop, scores, owner
+
+
 def sampled_ranks_scores(
     score_fn: Callable[[np.ndarray], np.ndarray],
     instance_user: np.ndarray,
@@ -101,26 +133,10 @@ def sampled_ranks_scores(
         unique_users: score each chunk's distinct users once; ``False`` passes the
             chunk's ``instance_user`` as is, repeats included.
     """
-    instance_user = np.asarray(instance_user, dtype=np.int64)
-    instance_item = np.asarray(instance_item, dtype=np.int64)
-    if instance_user.ndim != 1 or instance_user.shape != instance_item.shape:
-        raise ValueError(f"instance_user {instance_user.shape} and instance_item {instance_item.shape} must be (n,)")
-    if len(instance_user) == 0:
-        raise ValueError("no instances")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    instance_user, instance_item = _checked_instances(instance_user, instance_item, chunk_size)
     negatives = sample_negatives(len(instance_user), n_items, n_neg, seed)  # (n, n_neg)
     pos, neg = [], []
-    for start in range(0, len(instance_user), chunk_size):
-        stop = start + chunk_size
-        users = instance_user[start:stop]  # (c,)
-        if unique_users:
-            rows, owner = np.unique(users, return_inverse=True)  # (u,), (c,)
-        else:
-            rows, owner = users, np.arange(len(users))
-        scores = np.asarray(score_fn(rows))  # (u, I)
-        if scores.shape != (len(rows), n_items):
-            raise ValueError(f"score_fn gave {scores.shape}, want ({len(rows)}, {n_items})")
+    for start, stop, scores, owner in _instance_chunks(score_fn, instance_user, n_items, chunk_size, unique_users):
         flat = scores.reshape(-1)  # one take on flat positions: cheaper than 2-d fancy indexing
         base = owner.astype(np.int64) * n_items  # (c,) row offsets
         pos.append(flat.take(base + instance_item[start:stop]))  # (c,)
@@ -172,23 +188,13 @@ def expected_sampled_metrics_scores(
     """
     from scipy.stats import binom
 
-    instance_user = np.asarray(instance_user, dtype=np.int64)
-    instance_item = np.asarray(instance_item, dtype=np.int64)
-    if instance_user.ndim != 1 or instance_user.shape != instance_item.shape:
-        raise ValueError(f"instance_user {instance_user.shape} and instance_item {instance_item.shape} must be (n,)")
-    if len(instance_user) == 0:
-        raise ValueError("no instances")
+    instance_user, instance_item = _checked_instances(instance_user, instance_item, chunk_size)
     q = np.empty(len(instance_user), np.float64)  # (n,) chance that one negative ranks above
-    for start in range(0, len(instance_user), chunk_size):
-        users = instance_user[start:start + chunk_size]
-        rows, owner = np.unique(users, return_inverse=True)
-        scores = np.asarray(score_fn(rows))  # (u, I)
-        if scores.shape != (len(rows), n_items):
-            raise ValueError(f"score_fn gave {scores.shape}, want ({len(rows)}, {n_items})")
+    for start, stop, scores, owner in _instance_chunks(score_fn, instance_user, n_items, chunk_size, True):
         if np.isnan(scores).any():
             raise ValueError("scores contain nan (a diverged model?)")
         per = scores[owner]  # (c, I): each instance's user row
-        pos = per[np.arange(len(owner)), instance_item[start:start + chunk_size]][:, None]  # (c, 1)
+        pos = per[np.arange(len(owner)), instance_item[start:stop]][:, None]  # (c, 1)
         q[start:start + len(owner)] = ((per > pos).sum(axis=1) + 0.5 * (per == pos).sum(axis=1)) / n_items
     j = np.arange(10)
     pmf = binom.pmf(j[None, :], n_neg, q[:, None])  # (n, 10): P(B = j)
