@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from recxfer.eval.metrics import _row_counts
+
 SAMPLED_KEYS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 
 
@@ -45,8 +47,18 @@ def sampled_ranks(pos_scores: np.ndarray, neg_scores: np.ndarray, seed: int = 0)
     """
     if np.isnan(pos_scores).any() or np.isnan(neg_scores).any():
         raise ValueError("scores contain nan (a diverged model?)")
-    greater = (neg_scores > pos_scores[:, None]).sum(axis=1)
-    equal = (neg_scores == pos_scores[:, None]).sum(axis=1)
+    greater, equal = _counts(np.asarray(pos_scores)[:, None], np.asarray(neg_scores))
+    return _tie_broken(greater, equal, seed)
+
+
+def _counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(n,)`` int64 ``#(neg > pos)`` and ``#(neg == pos)`` per row of ``neg``
+    ``(n, n_neg)`` against ``pos`` ``(n, 1)``."""
+    return (_row_counts(neg > pos), _row_counts(neg == pos))
+
+
+def _tie_broken(greater: np.ndarray, equal: np.ndarray, seed: int) -> np.ndarray:
+    """``(n,)`` int64 ranks ``1 + greater + U{0..equal}``, the tie-break seeded."""
     rng = np.random.default_rng(seed)
     return (1 + greater + rng.integers(0, equal + 1)).astype(np.int64)
 
@@ -134,14 +146,26 @@ def sampled_ranks_scores(
             chunk's ``instance_user`` as is, repeats included.
     """
     instance_user, instance_item = _checked_instances(instance_user, instance_item, chunk_size)
-    negatives = sample_negatives(len(instance_user), n_items, n_neg, seed)  # (n, n_neg)
-    pos, neg = [], []
+    n = len(instance_user)
+    negatives = sample_negatives(n, n_items, n_neg, seed)  # (n, n_neg)
+    greater, equal = np.empty(n, np.int64), np.empty(n, np.int64)
+    # one chunk's flat positions and gathered scores, reused by every chunk (fresh
+    # (n, n_neg) arrays per call cost more than the gather itself)
+    width = min(chunk_size, n)
+    index, values = np.empty((width, n_neg), np.int64), None
     for start, stop, scores, owner in _instance_chunks(score_fn, instance_user, n_items, chunk_size, unique_users):
         flat = scores.reshape(-1)  # one take on flat positions: cheaper than 2-d fancy indexing
+        if values is None or values.dtype != flat.dtype:
+            values = np.empty((width, n_neg), flat.dtype)
+        c = len(owner)
         base = owner.astype(np.int64) * n_items  # (c,) row offsets
-        pos.append(flat.take(base + instance_item[start:stop]))  # (c,)
-        neg.append(flat.take(base[:, None] + negatives[start:stop]))  # (c, n_neg)
-    return sampled_ranks(np.concatenate(pos), np.concatenate(neg), seed + 1)
+        pos = flat.take(base + instance_item[start:stop])[:, None]  # (c, 1)
+        neg = flat.take(np.add(negatives[start:stop], base[:, None], out=index[:c]), out=values[:c])  # (c, n_neg)
+        # a nan makes the sum nan; +inf beside -inf too, so look again before refusing
+        if not np.isfinite(neg.sum() + pos.sum()) and (np.isnan(neg).any() or np.isnan(pos).any()):
+            raise ValueError("scores contain nan (a diverged model?)")
+        greater[start:stop], equal[start:stop] = _counts(pos, neg)
+    return _tie_broken(greater, equal, seed + 1)
 
 
 def sampled_metrics_scores(

@@ -99,49 +99,76 @@ def top_n_per_row(matrix: np.ndarray | sp.spmatrix, n: int) -> sp.csr_matrix:
     column first); zeros are dropped. ``matrix``: ``(rows, cols)`` dense or sparse."""
     if n < 1:
         raise ValueError(f"top_n must be >= 1, got {n}")
-    if sp.issparse(matrix):
-        matrix = sp.csr_matrix(matrix, dtype=np.float32)
-        matrix.eliminate_zeros()
-        counts = np.diff(matrix.indptr)
-        if (counts <= n).all():
-            return matrix
-        rows, cols, vals = [], [], []
-        for r in range(matrix.shape[0]):  # only rows over n entries are cut
-            lo, hi = matrix.indptr[r], matrix.indptr[r + 1]
-            c, v = matrix.indices[lo:hi], matrix.data[lo:hi]
-            if len(v) > n:
-                keep = np.lexsort((c, -np.abs(v)))[:n]
-                c, v = c[keep], v[keep]
-            rows.append(np.full(len(c), r)); cols.append(c); vals.append(v)
-        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                             shape=matrix.shape, dtype=np.float32)
-    dense = np.asarray(matrix, dtype=np.float32)
-    n_rows, n_cols = dense.shape
-    out = []
-    for start in range(0, n_rows, 1024):  # bounds the temporary arrays to 1024 rows
-        block = dense[start:start + 1024]
-        if n < n_cols:
-            keep = _top_n_columns(np.abs(block), n)  # (b, n)
-        else:
-            keep = np.broadcast_to(np.arange(n_cols), (block.shape[0], n_cols))
-        rows = np.repeat(np.arange(start, start + block.shape[0]), keep.shape[1])
-        vals = np.take_along_axis(block, keep, axis=1).ravel()
-        out.append((rows, keep.ravel(), vals))
-    rows = np.concatenate([o[0] for o in out]) if out else np.zeros(0, np.int64)
-    cols = np.concatenate([o[1] for o in out]) if out else np.zeros(0, np.int64)
-    vals = np.concatenate([o[2] for o in out]) if out else np.zeros(0, np.float32)
-    result = sp.csr_matrix((vals, (rows, cols)), shape=(n_rows, n_cols), dtype=np.float32)
-    result.eliminate_zeros()
-    return result
+    if not sp.issparse(matrix):
+        dense = np.asarray(matrix, dtype=np.float32)
+        return _stacked([_top_n_dense(dense[lo:lo + _DENSE_ROWS], n)
+                         for lo in range(0, dense.shape[0], _DENSE_ROWS)], dense.shape)
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    matrix.eliminate_zeros()
+    counts = np.diff(matrix.indptr)
+    if (counts <= n).all():
+        return matrix
+    n_rows, n_cols = matrix.shape
+    if matrix.nnz >= _DENSE_SHARE * n_rows * n_cols:
+        # dense enough (e.g. a two-hop product): row blocks densified, one partition per row
+        step = max(1, _DENSE_CELLS // max(n_cols, 1))
+        return _stacked([_top_n_dense(matrix[lo:lo + step].toarray(), n) for lo in range(0, n_rows, step)],
+                        matrix.shape)
+    rows, cols, vals = [], [], []
+    for r in range(n_rows):  # only rows over n entries are cut
+        lo, hi = matrix.indptr[r], matrix.indptr[r + 1]
+        c, v = matrix.indices[lo:hi], matrix.data[lo:hi]
+        if len(v) > n:
+            keep = np.lexsort((c, -np.abs(v)))[:n]
+            c, v = c[keep], v[keep]
+        rows.append(np.full(len(c), r)); cols.append(c); vals.append(v)
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=matrix.shape, dtype=np.float32)
+
+
+# a sparse matrix at least this dense is cut through dense row blocks of about
+# _DENSE_CELLS cells (measured on Douban's matrices: the per-row sort is 3.5x slower
+# at 58 % density, level at 31 %, 3x faster at 11 %); dense input goes in blocks of
+# _DENSE_ROWS rows (bounds the temporary arrays)
+_DENSE_SHARE = 0.3
+_DENSE_CELLS = 1 << 22
+_DENSE_ROWS = 1024
+
+
+def _stacked(blocks: list[sp.csr_matrix], shape: tuple[int, int]) -> sp.csr_matrix:
+    return sp.vstack(blocks, format="csr", dtype=np.float32) if blocks else sp.csr_matrix(shape, dtype=np.float32)
+
+
+def _top_n_dense(block: np.ndarray, n: int) -> sp.csr_matrix:
+    """``top_n_per_row`` of a dense ``(b, cols)`` float32 block."""
+    n_rows, n_cols = block.shape
+    if n >= n_cols:
+        out = sp.csr_matrix(block, dtype=np.float32)
+    else:
+        keep = _top_n_columns(np.abs(block), n)  # (b, n), ascending per row
+        vals = np.take_along_axis(block, keep, axis=1)
+        out = sp.csr_matrix((vals.ravel(), keep.ravel(), np.arange(0, n_rows * n + 1, n)), shape=block.shape,
+                            dtype=np.float32)
+    out.eliminate_zeros()
+    return out
 
 
 def _top_n_columns(magnitude: np.ndarray, n: int) -> np.ndarray:
-    """``(rows, n)`` columns of the ``n`` largest values per row, ties to the lower
-    column (linear per row: a partition for the threshold, then a cumulative count)."""
-    threshold = -np.partition(-magnitude, n - 1, axis=1)[:, n - 1 : n]  # (rows, 1) n-th largest
+    """``(rows, n)`` columns of the ``n`` largest values per row, ascending, ties to the
+    lower column (linear per row: a partition for the threshold, then a cumulative
+    count of the ties, only in rows where some tie is left out)."""
+    n_cols = magnitude.shape[1]
+    threshold = np.partition(magnitude, n_cols - n, axis=1)[:, n_cols - n : n_cols - n + 1]  # (rows, 1) n-th largest
     above = magnitude > threshold
-    need = n - above.sum(axis=1, keepdims=True)  # (rows, 1) ties to take, lowest columns first
     tied = magnitude == threshold
-    take = above | (tied & (np.cumsum(tied, axis=1) <= need))
-    cols = np.nonzero(take)[1].reshape(magnitude.shape[0], n)
-    return cols
+    need = n - _true_per_row(above)  # (rows,) ties to take, lowest columns first
+    take = above | tied
+    cut = np.flatnonzero(_true_per_row(tied) > need)  # rows with more ties than places
+    if len(cut):
+        ties = tied[cut]
+        take[cut] = above[cut] | (ties & (np.cumsum(ties, axis=1) <= need[cut, None]))
+    return np.nonzero(take)[1].reshape(magnitude.shape[0], n)
+
+
+def _true_per_row(mask: np.ndarray) -> np.ndarray:
+    return mask.view(np.uint8).sum(axis=1, dtype=np.int64)
