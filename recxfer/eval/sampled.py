@@ -162,7 +162,9 @@ def sampled_ranks_scores(
         pos = flat.take(base + instance_item[start:stop])[:, None]  # (c, 1)
         neg = flat.take(np.add(negatives[start:stop], base[:, None], out=index[:c]), out=values[:c])  # (c, n_neg)
         # a nan makes the sum nan; +inf beside -inf too, so look again before refusing
-        if not np.isfinite(neg.sum() + pos.sum()) and (np.isnan(neg).any() or np.isnan(pos).any()):
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = neg.sum() + pos.sum()
+        if not np.isfinite(total) and (np.isnan(neg).any() or np.isnan(pos).any()):
             raise ValueError("scores contain nan (a diverged model?)")
         greater[start:stop], equal[start:stop] = _counts(pos, neg)
     return _tie_broken(greater, equal, seed + 1)

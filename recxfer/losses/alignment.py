@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from pytorch_metric_learning import losses as pml_losses
 from torch import nn
 
 DEFAULT_BANDWIDTH_SCALES: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -339,7 +338,15 @@ def contrastive_alignment_loss(
     Returns:
         Scalar loss.
     """
-    return _ntxent_on_pairs(pml_losses.NTXentLoss(temperature=temperature), src, tgt)
+    return _ntxent_on_pairs(_ntxent(temperature), src, tgt)
+
+
+def _ntxent(temperature: float) -> nn.Module:
+    """pytorch-metric-learning's ``NTXentLoss``, imported here: the library (and the
+    scipy.stats it pulls in) adds 1.4 s to every command that only imports recxfer."""
+    from pytorch_metric_learning import losses as pml_losses
+
+    return pml_losses.NTXentLoss(temperature=temperature)
 
 
 class ContrastiveAlignmentLoss(nn.Module):
@@ -351,7 +358,7 @@ class ContrastiveAlignmentLoss(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-        self.ntxent = pml_losses.NTXentLoss(temperature=self.temperature)
+        self.ntxent = _ntxent(self.temperature)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         _check_pair(src, tgt, same_rows=True)

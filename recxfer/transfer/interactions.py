@@ -107,7 +107,7 @@ def top_n_per_row(matrix: np.ndarray | sp.spmatrix, n: int) -> sp.csr_matrix:
     matrix.eliminate_zeros()
     counts = np.diff(matrix.indptr)
     if (counts <= n).all():
-        return matrix
+        return matrix.sorted_indices()  # canonical, as the cut paths' results are
     n_rows, n_cols = matrix.shape
     if matrix.nnz >= _DENSE_SHARE * n_rows * n_cols:
         # dense enough (e.g. a two-hop product): row blocks densified, one partition per row

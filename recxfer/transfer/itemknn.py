@@ -48,7 +48,8 @@ def itemknn_matrix(m: SourceTargetMatrices, shrink: float, top_n: int,
     n_src = np.asarray(m.src.sum(axis=0), dtype=np.float64).ravel()  # (n_src,)
     n_tgt = np.asarray(m.tgt.sum(axis=0), dtype=np.float64).ravel()  # (n_tgt,)
     weighted = sp.diags(m.user_weights(user_alpha)) @ m.tgt  # (n_users, n_tgt)
-    co = (m.src.T.tocsr() @ weighted).tocoo()  # (n_src, n_tgt) weighted co-occurrence counts
-    sim = co.data / (np.sqrt(n_src[co.row]) * np.sqrt(n_tgt[co.col]) + shrink)
-    matrix = sp.csr_matrix((sim.astype(np.float32), (co.row, co.col)), shape=co.shape)
+    co = sp.csr_matrix(m.src.T.tocsr() @ weighted)  # (n_src, n_tgt) weighted co-occurrence counts
+    rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))  # (nnz,) each entry's row
+    sim = co.data / (np.sqrt(n_src[rows]) * np.sqrt(n_tgt[co.indices]) + shrink)
+    matrix = sp.csr_matrix((sim.astype(np.float32), co.indices, co.indptr), shape=co.shape)
     return top_n_per_row(matrix, top_n)

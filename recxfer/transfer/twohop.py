@@ -59,11 +59,13 @@ def source_similarity(src: sp.csr_matrix, shrink: float, top_n: int) -> sp.csr_m
     0/1), diagonal left out, ``top_n`` largest per row."""
     src = sp.csr_matrix(src, dtype=np.float32)
     counts = np.asarray(src.sum(axis=0), dtype=np.float64).ravel()  # (n_src,)
-    co = (src.T.tocsr() @ src).tocoo()
-    off = co.row != co.col
-    row, col = co.row[off], co.col[off]
+    co = sp.csr_matrix(src.T.tocsr() @ src)
+    rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))  # (nnz,) each entry's row
+    off = rows != co.indices  # the diagonal left out
+    row, col = rows[off], co.indices[off]
     sim = co.data[off] / (np.sqrt(counts[row]) * np.sqrt(counts[col]) + shrink)
-    return top_n_per_row(sp.csr_matrix((sim.astype(np.float32), (row, col)), shape=co.shape), top_n)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=co.shape[0]))])
+    return top_n_per_row(sp.csr_matrix((sim.astype(np.float32), col, indptr), shape=co.shape), top_n)
 
 
 def twohop_matrices(m: SourceTargetMatrices, shrinks: tuple[float, ...], config: TwoHopConfig = TwoHopConfig(),

@@ -395,3 +395,20 @@ def test_expected_sampled_metrics_of_exact_cases() -> None:
     with pytest.raises(ValueError, match="nan"):
         expected_sampled_metrics_scores(lambda r: np.full((len(r), n_items), np.nan), inst_user, inst_item,
                                         n_items, n_neg)
+
+
+def test_sampled_ranks_scores_refuse_nan_and_rank_infinities() -> None:
+    """A nan among the scores is refused; +inf beside -inf (whose sum is nan too) is
+    ranked, as a naive count over the drawn negatives ranks it."""
+    n_items, n_neg = 30, 7
+    inst_user, inst_item = np.arange(40) % 4, np.arange(40) % n_items
+    scores = np.random.default_rng(0).random((4, n_items)).astype(np.float32)
+    scores[0, :5], scores[1, :5] = np.inf, -np.inf
+    ranks = sampled_ranks_scores(lambda r: scores[r], inst_user, inst_item, n_items, n_neg, seed=2, chunk_size=16)
+    neg = scores[inst_user[:, None], sample_negatives(40, n_items, n_neg, 2)]
+    pos = scores[inst_user, inst_item]
+    np.testing.assert_array_equal(ranks, sampled_ranks(pos, neg, seed=3))
+    with_nan = scores.copy()
+    with_nan[2, 7] = np.nan
+    with pytest.raises(ValueError, match="nan"):
+        sampled_ranks_scores(lambda r: with_nan[r], inst_user, np.full(40, 7), n_items, n_neg)
