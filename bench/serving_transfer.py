@@ -19,7 +19,9 @@ same ``domains`` and ``transfer`` manifest entries, ``save_domain`` /
   ``(n_src, n_tgt)`` matrices with ``--per-row`` entries per source row,
   popularity, ``pop_weight`` 0.1, ``embedding_weight`` 0, and a random ``dae``
   term of weight 1 (``--dae-hidden`` units; by default what ``blend`` would train
-  over ``--items`` target items, ``dae_hidden``: 64 at 100k);
+  over ``--items`` target items, ``dae_hidden``: 64 at 100k), and a head: the
+  first component's ``--head-size`` best items lead (10 by default, the middle of
+  the blend's ``head_grid``; 0 for none);
 * ``tgt_hybrid`` (unless ``--no-hybrid``): the same tables and matrices, with
   ``embedding_weight`` 1.0 (the hybrid: the transfer user's stored target
   embedding is scored against all items too).
@@ -146,7 +148,8 @@ def build_artifact(root: Path, args: argparse.Namespace) -> tuple[Path, dict[str
                      for name in names)
     scorer = ItemToItemScorer(src.item_ids, tgt.item_ids, names, matrices, weights,
                               tgt_pop.astype(np.float32), pop_weight=0.1, embedding_weight=0.0,
-                              **random_dae(rng, n_src, n_tgt, args.dae_hidden))
+                              **random_dae(rng, n_src, n_tgt, args.dae_hidden),
+                              head=names[0] if args.head_size else "", head_size=args.head_size)
     domains = {SRC: src, TGT: tgt}
     transfers = {TGT: DomainTransfer(SRC, TGT, scorer)}
     if args.hybrid:
@@ -595,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dae-hidden", type=int, default=-1,
                         help="hidden units of the transfer's dae term; -1: what blend's DAEConfig "
                              "gives at --items (dae_hidden: 64 at 100k); 0: no dae term")
+    parser.add_argument("--head-size", type=int, default=10,
+                        help="the blend's head: the first component's top N items lead (0: none)")
     parser.add_argument("--no-hybrid", dest="hybrid", action="store_false",
                         help="skip the embedding_weight=1.0 variant")
     parser.add_argument("--no-blas1", dest="blas1", action="store_false",
@@ -692,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
                      "weights": list(WEIGHTS[: args.components]), "per_row": args.per_row,
                      "nnz": info["component_nnz"], "pop_weight": 0.1,
                      "embedding_weight": {TGT: 0.0, **({HYBRID: 1.0} if args.hybrid else {})},
-                     "matrix_layout": "random columns, uniform over the target catalogue"},
+                     "matrix_layout": "random columns, uniform over the target catalogue",
+                     "head": {"component": COMPONENTS[0] if args.head_size else "", "size": args.head_size}},
         "history_len": args.history_len, "index": "Flat (faiss, CPU, 1 thread per search)",
         "notes": [
             "transfer: Recommend of a cold user (origin transfer, source history of "

@@ -354,9 +354,10 @@ def fit_transfers(
             train, source, target, config.blend, model.domains[source].item_ids,
             tgt.item_ids, users, validator if len(users) else None, valid_emb, tgt.item_emb,
         )
-        log.info("%s -> %s transfer: weights %s, popularity %.2f, embeddings %.2f, dae %.2f", source, target,
-                 info.get("weights"), info.get("pop_weight", 0.0), info.get("embedding_weight", 0.0),
-                 info.get("dae_weight", 0.0))
+        log.info("%s -> %s transfer: weights %s, popularity %.2f, embeddings %.2f, dae %.2f, head %s", source,
+                 target, info.get("weights"), info.get("pop_weight", 0.0), info.get("embedding_weight", 0.0),
+                 info.get("dae_weight", 0.0),
+                 f"{transfer.scorer.head} top {transfer.scorer.head_size}" if transfer.scorer.head_size else "none")
         out[target] = (transfer, info)
     return out
 
@@ -547,7 +548,8 @@ def write_model_artifact(
              "transfer": {t: {"source": tr.source, "names": list(tr.scorer.names),
                               "weights": list(tr.scorer.weights), "pop_weight": tr.scorer.pop_weight,
                           "embedding_weight": tr.scorer.embedding_weight,
-                          "dae_weight": tr.scorer.dae_weight}
+                          "dae_weight": tr.scorer.dae_weight, "head": tr.scorer.head,
+                          "head_size": tr.scorer.head_size}
                           for t, tr in model.transfers.items()}}
         )
         if training is not None or training_rows is not None:

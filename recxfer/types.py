@@ -188,6 +188,11 @@ class ItemToItemScorer:
 
     (a component whose row is all zero adds nothing). Ranking one component alone is
     the same as ranking ``h @ B_c``; the per-user max puts components on one scale.
+    With a ``head`` (a component's name, ``head_size`` > 0) the items among that
+    component's ``head_size`` best for the user (those with a positive score; ties at
+    the cut all in) are placed above every other item, in that component's order:
+    the top of the list from the most precise view, the rest from the blend
+    (``lift_head``).
     The embedding term (a hybrid with embedding retrieval) needs the user's embedding ``u``
     (``(d,)``: a transferred row, or the history encoder's output) and the target's
     item embeddings ``V`` (``(n_tgt, d)``), given to ``score``.
@@ -204,6 +209,8 @@ class ItemToItemScorer:
         dae: a ``DAEScorer`` over the same catalogues (the ``dae`` term), or
             ``None``.
         dae_weight: weight of the dae term (0 leaves it out).
+        head: name of the component whose top items lead the list ("" for none).
+        head_size: how many of them (0: no head).
     """
 
     src_item_ids: np.ndarray
@@ -216,9 +223,15 @@ class ItemToItemScorer:
     embedding_weight: float = 0.0
     dae: DAEScorer | None = None
     dae_weight: float = 0.0
+    head: str = ""
+    head_size: int = 0
 
     def __post_init__(self) -> None:
         n_src, n_tgt = len(self.src_item_ids), len(self.tgt_item_ids)
+        if self.head_size < 0 or (self.head_size > 0) != bool(self.head) or (
+                self.head_size and self.head not in self.names):
+            raise ValueError(f"head {self.head!r} of size {self.head_size} must name one of the components "
+                             f"{self.names} with a size >= 1 (or be '' with size 0)")
         if self.dae is not None and (self.dae.w_in.shape[0], self.dae.w_out.shape[0]) != (n_src, n_tgt):
             raise ValueError(f"dae network maps {self.dae.w_in.shape[0]} -> {self.dae.w_out.shape[0]} "
                              f"items, not ({n_src}, {n_tgt})")
@@ -281,7 +294,18 @@ class ItemToItemScorer:
         for matrix, weight in zip(self.matrices, self.weights):
             if weight:
                 _add_scaled_product(out, hist, matrix, weight)
+        if self.head_size:
+            head = np.zeros((n, n_tgt), np.float32)
+            _add_scaled_product(head, hist, self.matrices[self.names.index(self.head)], 1.0)
+            lift_head(out, head, self.head_size, self.head_offset)
         return out
+
+    @property
+    def head_offset(self) -> float:
+        """A score above every blended one: each term is at most its weight in
+        magnitude (each one max-normalised), so their sum is below this."""
+        return 2.0 + sum(abs(w) for w in self.weights) + abs(self.pop_weight) + abs(self.embedding_weight) \
+            + abs(self.dae_weight)
 
     def history_matrix(self, histories: "list[np.ndarray]") -> Any:
         """``(n, n_src)`` csr 0/1 matrix of per-user source item positions (``-1`` ignored)."""
@@ -297,6 +321,23 @@ class ItemToItemScorer:
         indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
         return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
                              shape=(len(rows), len(self.src_item_ids)))
+
+
+def lift_head(out: np.ndarray, head: np.ndarray, size: int, offset: float) -> None:
+    """Places each row's ``size`` best items of ``head`` above the rest of ``out``.
+
+    ``out`` and ``head`` are ``(n, n_tgt)`` float32; ``head`` is max-normalised
+    (entries in ``[-1, 1]``), ``offset`` above every entry of ``out`` + 1. An item is
+    lifted when its head score is positive and at least the row's ``size``-th
+    largest (ties at the cut all lifted): its score becomes ``offset + head``, so the
+    lifted items lead in the head's order and the others keep theirs."""
+    n_tgt = head.shape[1]
+    if n_tgt == 0:
+        return
+    size = min(size, n_tgt)
+    cut = np.partition(head, n_tgt - size, axis=1)[:, n_tgt - size : n_tgt - size + 1]  # (n, 1)
+    lifted = (head > 0) & (head >= cut)  # (n, n_tgt)
+    out[lifted] = np.float32(offset) + head[lifted]
 
 
 # Rows of a history batch scored per pass of ``_add_scaled_product``: bounds its dense

@@ -215,3 +215,60 @@ def test_components_are_held_as_csr() -> None:
     s = ItemToItemScorer(SRC_IDS, TGT_IDS, ("c0",), (sp.csc_matrix(B1),), (1.0,), POP, 0.0)
     assert s.matrices[0].format == "csr"
     np.testing.assert_array_equal(s.matrices[0].toarray(), B1)
+
+
+# ----------------------------------------------------------------------------- head
+
+
+def naive_with_head(hist, matrices, weights, pop, pop_weight, head: int, size: int) -> np.ndarray:
+    """The blend's scores with the head component's ``size`` best positive items of
+    each user (ties at the cut all in) moved above every other item, in the head's
+    order: a per-user loop."""
+    out = naive_score(hist, matrices, weights, pop, pop_weight)
+    offset = 2.0 + sum(abs(w) for w in weights) + abs(pop_weight)
+    for u in range(hist.shape[0]):
+        part = hist[u] @ matrices[head]
+        top = np.abs(part).max()
+        if top == 0:
+            continue
+        norm = part / top
+        cut = sorted(norm, reverse=True)[size - 1]
+        for j in range(N_TGT):
+            if norm[j] > 0 and norm[j] >= cut:
+                out[u, j] = offset + norm[j]
+    return out
+
+
+@pytest.mark.parametrize("head,size", [(0, 1), (0, 2), (1, 1), (1, 3), (1, 5)])
+def test_head_items_lead_in_the_heads_order(head, size) -> None:
+    base = scorer()
+    with_head = ItemToItemScorer(SRC_IDS, TGT_IDS, base.names, base.matrices, base.weights, POP, 0.2,
+                                 head=base.names[head], head_size=size)
+    got = with_head.score(sp.csr_matrix(HIST))
+    want = naive_with_head(HIST, (B1, B2), (0.7, 0.3), POP, 0.2, head, size)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # the lifted items are above every other one of their row
+    plain = base.score(sp.csr_matrix(HIST))
+    lifted = got != plain
+    for u in range(len(HIST)):
+        if lifted[u].any() and (~lifted[u]).any():
+            assert got[u, lifted[u]].min() > got[u, ~lifted[u]].max()
+        assert lifted[u].sum() <= max(size, 1) + N_TGT  # never more than the ties at the cut
+
+
+def test_a_head_of_weight_zero_still_leads() -> None:
+    """The head's component need not weigh in the blend (weight 0)."""
+    with_head = ItemToItemScorer(SRC_IDS, TGT_IDS, ("c0", "c1"), (sp.csr_matrix(B1), sp.csr_matrix(B2)),
+                                 (1.0, 0.0), POP, 0.0, head="c1", head_size=1)
+    got = with_head.score(sp.csr_matrix(HIST))
+    np.testing.assert_allclose(got, naive_with_head(HIST, (B1, B2), (1.0, 0.0), POP, 0.0, 1, 1),
+                               rtol=1e-5, atol=1e-6)
+    assert np.argmax(got[1]) == 2  # user 1 (s1, s3): B2 gives [1, 0, 5, 3, -1], t2 leads
+
+
+def test_head_must_name_a_component() -> None:
+    base = scorer()
+    for head, size in (("nope", 3), ("c0", 0), ("", 2), ("c0", -1)):
+        with pytest.raises(ValueError, match="head"):
+            ItemToItemScorer(SRC_IDS, TGT_IDS, base.names, base.matrices, base.weights, POP, 0.2,
+                             head=head, head_size=size)

@@ -226,7 +226,8 @@ def format_artifact_info(info: dict[str, Any]) -> str:
     for target, t in info["transfers"].items():
         terms = ", ".join(f"{n} {_num(w)}" for n, w in zip(t.get("names", []), t.get("weights", [])))
         lines.append(f"  transfer {t.get('source')} -> {target}: {terms or '(no terms)'}; popularity "
-                     f"{_num(t.get('pop_weight'))}, embedding {_num(t.get('embedding_weight'))}")
+                     f"{_num(t.get('pop_weight'))}, embedding {_num(t.get('embedding_weight'))}"
+                     + (f", head: {t['head']} top {t.get('head_size')}" if t.get("head") else ""))
     encoder = info["user_encoder"]
     if isinstance(encoder, dict) and encoder:
         lines.append("  user encoder: " + ", ".join(f"{k} {v}" for k, v in encoder.items()

@@ -30,7 +30,9 @@ Per target ``T`` with an item-to-item transfer (``DomainTransfer``), aligned to 
 source's and the target's item tables::
 
     transfer/T/meta.json         {"source", "names", "weights", "pop_weight", "embedding_weight",
-                                  "dae_weight" (only with a dae term)}
+                                  "dae_weight" (only with a dae term), "head", "head_size"
+                                  (only with a head: a component's name and how many of its
+                                  top items lead)}
     transfer/T/popularity.npy    (n_tgt,) float32
     transfer/T/<name>_{indptr,indices,data}.npy   csr (n_src, n_tgt) per component
     transfer/T/dae_{w_in,b_in,w_out,b_out}.npy  float32 (n_src, h), (h,), (n_tgt, h),
@@ -331,6 +333,8 @@ def save_transfer(folder: Path, transfer: DomainTransfer) -> None:
         for part, array in scorer.dae.arrays.items():
             np.save(out / f"dae_{part}.npy", np.asarray(array, np.float32), allow_pickle=False)
         meta["dae_weight"] = float(scorer.dae_weight)
+    if scorer.head_size:
+        meta["head"], meta["head_size"] = scorer.head, int(scorer.head_size)
     (out / "meta.json").write_text(json.dumps(meta))
 
 
@@ -383,7 +387,8 @@ def load_transfer(
                                   tuple(matrices), tuple(float(w) for w in weights),
                                   popularity.astype(np.float32, copy=False), float(meta["pop_weight"]),
                                   float(meta.get("embedding_weight", 0.0)), dae,
-                                  float(meta.get("dae_weight", 0.0)))
+                                  float(meta.get("dae_weight", 0.0)), str(meta.get("head", "")),
+                                  int(meta.get("head_size", 0)))
         return DomainTransfer(str(meta["source"]), target, scorer)
     except ArtifactError:
         raise

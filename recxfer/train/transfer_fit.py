@@ -38,7 +38,7 @@ def align_scorer(scorer: ItemToItemScorer, src_item_ids: np.ndarray, tgt_item_id
     dae = None if scorer.dae is None else _align_dae(scorer.dae, row_of, col_of, len(tgt_item_ids))
     return ItemToItemScorer(np.asarray(src_item_ids, dtype=object), np.asarray(tgt_item_ids, dtype=object),
                             scorer.names, matrices, scorer.weights, popularity, scorer.pop_weight,
-                            scorer.embedding_weight, dae, scorer.dae_weight)
+                            scorer.embedding_weight, dae, scorer.dae_weight, scorer.head, scorer.head_size)
 
 
 def _align_dae(dae: DAEScorer, row_of: np.ndarray, col_of: np.ndarray, n_tgt: int) -> DAEScorer:
@@ -109,7 +109,8 @@ def refit_domain_transfer(
     the same choices: each component's hyper-parameter and the users' weighting
     (``user_alpha``) from ``info`` (``dae``: as many networks, each trained for its
     best epoch) and the weights of popularity, the
-    embedding term, the dae term and every component from ``fitted``.
+    embedding term, the dae term and every component from ``fitted``, and its head
+    (the same component and size).
     Nothing is searched (there is nothing left to validate on). A component that
     cannot be built on the new catalogue is left out, as in the first fit.
     """
@@ -143,5 +144,6 @@ def refit_domain_transfer(
             tuple(float(weight_of[n]) for n in rebuilt.names), rebuilt.popularity,
             fitted.scorer.pop_weight, fitted.scorer.embedding_weight,
             rebuilt.dae, fitted.scorer.dae_weight if rebuilt.dae is not None else 0.0,
+            *((fitted.scorer.head, fitted.scorer.head_size) if fitted.scorer.head in rebuilt.names else ()),
         )
     return DomainTransfer(fitted.source, fitted.target, align_scorer(scorer, src_item_ids, tgt_item_ids))

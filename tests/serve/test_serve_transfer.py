@@ -702,3 +702,48 @@ def test_a_malformed_dae_term_refuses_the_artifact(tmp_path, tdomains, dae_trans
     artifact = write_transfer_artifact(tmp_path, tdomains, dae_transfer, tamper=tamper)
     with pytest.raises(ArtifactError, match=message):
         ServingModel.from_artifact(artifact.path, device="cpu")
+
+
+# --- a transfer with a head (one component's top items lead the list) ------------------------
+
+
+@pytest.fixture(scope="module")
+def head_transfer(transfer) -> DomainTransfer:
+    """ridge (weight 0.3 of the blend) leads with its 3 best items."""
+    return replace(transfer, scorer=replace(transfer.scorer, head="ridge", head_size=3))
+
+
+@pytest.fixture(scope="module")
+def head_model(troot, tdomains, head_transfer) -> ServingModel:
+    artifact = write_transfer_artifact(troot, tdomains, head_transfer, version="h1")
+    return ServingModel.from_artifact(artifact.path, device="cpu")
+
+
+def test_head_round_trips(head_model):
+    loaded = head_model.transfers[TGT].scorer
+    assert (loaded.head, loaded.head_size) == ("ridge", 3)
+
+
+@pytest.mark.parametrize("user_id", ["carol", "gina"])
+def test_head_served_equals_offline(head_model, tdomains, head_transfer, transfer, user_id):
+    history = source_history(tdomains, user_id)
+    ids, scores = offline_topk(head_transfer, history, 15, exclude_ids=target_seen(user_id))
+    assert_same(head_model.recommend(user_id, TGT, 15), ids, scores)
+    ids, scores = offline_topk(head_transfer, history, 6)
+    assert_same(head_model.recommend_from_history(SRC, history, TGT, 6), ids, scores)
+    # the head leads: ridge's own best items (positive ones) come first
+    ridge = replace(transfer.scorer, names=("ridge",), matrices=(transfer.scorer.matrices[1],), weights=(1.0,),
+                    pop_weight=0.0)
+    ridge_ids, ridge_scores = offline_topk(DomainTransfer(SRC, TGT, ridge), history, 3)
+    lead = [i for i, s in zip(ridge_ids, ridge_scores) if s > 0]
+    assert lead and ids[:len(lead)] == lead
+    assert ids != offline_topk(transfer, history, 6)[0]  # and it changes the list
+
+
+@pytest.mark.parametrize("meta,message", [({"head": "nope", "head_size": 2}, "head"),
+                                          ({"head": "ridge", "head_size": -1}, "head")],
+                         ids=["unknown component", "negative size"])
+def test_a_malformed_head_refuses_the_artifact(tmp_path, tdomains, head_transfer, meta, message):
+    artifact = write_transfer_artifact(tmp_path, tdomains, head_transfer, tamper=_meta(**meta))
+    with pytest.raises(ArtifactError, match=message):
+        ServingModel.from_artifact(artifact.path, device="cpu")

@@ -112,3 +112,22 @@ def test_refit_builds_twohop_with_the_chosen_shrinkage(rows) -> None:
     np.testing.assert_allclose(again.matrices[1].toarray(), transfer.scorer.matrices[1].toarray(), rtol=1e-6)
     at_zero = fit_domain_transfer(rows, SOURCE, TARGET, other_default, src_ids, tgt_ids)[0].scorer
     assert not np.allclose(at_zero.matrices[1].toarray(), transfer.scorer.matrices[1].toarray())
+
+
+def test_refit_and_alignment_keep_the_head(rows) -> None:
+    """A head validation chose (here set by hand, on a component of weight 0 too)
+    survives the refit on every row and the re-indexing onto the tables."""
+    from recxfer.train.transfer_fit import align_scorer
+
+    train, transfer, info, src_ids, tgt_ids = _fit(rows)
+    scorer = transfer.scorer
+    for name in scorer.names:
+        headed = dataclasses.replace(transfer, scorer=dataclasses.replace(scorer, head=name, head_size=3))
+        again = refit_domain_transfer(rows, headed, info, CONFIG, src_ids, tgt_ids).scorer
+        assert (again.head, again.head_size) == (name, 3) and again.names == scorer.names
+        moved = align_scorer(headed.scorer, src_ids[::-1], tgt_ids[::-1])
+        assert (moved.head, moved.head_size) == (name, 3)
+        history = [np.arange(4)]
+        reversed_history = [len(src_ids) - 1 - np.arange(4)]
+        np.testing.assert_allclose(moved.score(moved.history_matrix(reversed_history))[:, ::-1],
+                                   headed.scorer.score(headed.scorer.history_matrix(history)), rtol=1e-5, atol=1e-6)

@@ -3,6 +3,8 @@ the ``validator`` rewards is what gets chosen; without one, the documented defau
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -283,3 +285,110 @@ def test_config_validation() -> None:
         BlendConfig(weight_grid=())
     with pytest.raises(ValueError, match="grids"):
         BlendConfig(pop_grid=(-0.1,))
+    with pytest.raises(ValueError, match="head_grid"):
+        BlendConfig(head_grid=(0, 5))
+
+
+# ----------------------------------------------------------------------------- head
+
+
+def _head_validator(first: np.ndarray, rest: np.ndarray):
+    """Rewards a list whose top item is ``first``'s best (1) and whose other items
+    follow ``rest``'s order (2): the blend search settles on ``rest``, and only a
+    head of ``first``'s view, size 1, over it earns both."""
+    want1 = np.argmax(first, axis=1)
+    order_rest = np.argsort(-rest, axis=1, kind="stable")
+
+    def validator(scores: np.ndarray) -> float:
+        order = np.argsort(-scores, axis=1, kind="stable")
+        top = order[:, 0] == want1
+        tail = [np.array_equal(o[o != w], r[r != w]) for o, r, w in zip(order, order_rest, want1)]
+        return float(np.mean(top + 2 * np.array(tail)))
+
+    return validator
+
+
+def test_head_search_takes_the_component_the_top_needs(tiny) -> None:
+    from recxfer.transfer.blend import _search_head
+
+    hist = EVERY_HISTORY
+    ridge, userknn = (component_scores(tiny, hist, n) for n in ("ridge", "userknn"))
+    assert (np.argmax(ridge, axis=1) != np.argmax(userknn, axis=1)).any()  # the two views disagree somewhere
+    matrices = {n: FIT_ONE[n](tiny, getattr(FIXED, n)).scorer.matrices[0] for n in ("ridge", "userknn")}
+    validator = _head_validator(ridge, userknn)
+    config = BlendConfig(components=COMPONENTS, head_grid=(1, 3), min_gain=0.01)
+    base = userknn.copy()  # the blend: userknn alone, weight 1
+    assert validator(base) < 3.0
+    head, size, value, info = _search_head(tiny, matrices, base, 3.0, hist, validator, config)
+    assert (head, size, value) == ("ridge", 1, 3.0)
+    assert info == {"component": "ridge", "size": 1, "without": validator(base), "valid": info["valid"]}
+    assert set(info["valid"]) == {"ridge:1", "ridge:3", "userknn:1", "userknn:3"}
+    assert info["valid"]["userknn:1"] == validator(base)  # its own top over itself changes nothing
+    # a gain below min_gain is no head
+    strict = BlendConfig(components=COMPONENTS, head_grid=(1, 3), min_gain=0.99)
+    assert _search_head(tiny, matrices, base, 3.0, hist, validator, strict)[:3] == ("", 0, validator(base))
+
+
+def test_blend_with_a_head_scores_as_its_headless_blend_lifted(tiny) -> None:
+    """The blend's head chosen on validation (ridge's top item over the userknn the
+    weights settle on) is ``lift_head`` over the blend without it; without a head
+    grid no head is searched."""
+    from recxfer.types import ItemToItemScorer, lift_head
+
+    hist = EVERY_HISTORY
+    ridge, userknn = (component_scores(tiny, hist, n) for n in ("ridge", "userknn"))
+    validator = _head_validator(ridge, userknn)
+    config = BlendConfig(components=COMPONENTS, ridge=FIXED.ridge, itemknn=FIXED.itemknn, userknn=FIXED.userknn,
+                         head_grid=(1, 2), user_alpha_grid=(0.0,))
+    fitted = fit_blend(tiny, config, hist, validator)
+    s = fitted.scorer
+    assert (s.head, s.head_size) == ("ridge", 1) and fitted.info["head"]["component"] == "ridge"
+    assert fitted.info["valid"]["best"] == 3.0 > fitted.info["head"]["without"]
+    headless = ItemToItemScorer(s.src_item_ids, s.tgt_item_ids, s.names, s.matrices, s.weights, s.popularity,
+                                s.pop_weight, s.embedding_weight, s.dae, s.dae_weight)
+    want = headless.score(hist)
+    head = ItemToItemScorer(s.src_item_ids, s.tgt_item_ids, ("ridge",), (s.matrices[s.names.index("ridge")],),
+                            (1.0,), s.popularity, 0.0).score(hist)
+    lift_head(want, head, 1, s.head_offset)
+    np.testing.assert_array_equal(s.score(hist), want)
+    assert validator(s.score(hist)) == 3.0
+    none = fit_blend(tiny, dataclasses.replace(config, head_grid=()), hist, validator)
+    assert none.scorer.head_size == 0 and "head" not in none.info
+    # the blend the head was searched on, as fit_blend falls back to when a head gains
+    # less than min_gain over the best headless blend of any user_alpha
+    from recxfer.transfer.blend import _without_head
+
+    dropped = _without_head(fitted)
+    assert dropped.scorer.head_size == 0 and dropped.scorer.names == s.names
+    assert dropped.info["head"]["dropped"] == "ridge:1"
+    assert dropped.info["valid"]["best"] == fitted.info["head"]["without"]
+    np.testing.assert_array_equal(dropped.scorer.score(hist), headless.score(hist))
+
+
+def test_a_head_must_beat_the_best_headless_blend_of_any_user_alpha(tiny, monkeypatch) -> None:
+    """A head that gains min_gain over its own user_alpha's blend but not over another
+    alpha's headless blend is dropped."""
+    import recxfer.transfer.blend as blend
+
+    hist = EVERY_HISTORY
+    ridge, userknn = (component_scores(tiny, hist, n) for n in ("ridge", "userknn"))
+    config = BlendConfig(components=COMPONENTS, ridge=FIXED.ridge, itemknn=FIXED.itemknn, userknn=FIXED.userknn,
+                         head_grid=(1,), user_alpha_grid=(0.0, 0.5), min_gain=0.03)
+    real = blend._fit_blend_once
+
+    def fake(m, cfg, alpha, *args):
+        fitted = real(m, cfg, alpha, *args)
+        if alpha == 0.0:  # alpha 0: no head, a headless value just under the head's
+            if fitted.scorer.head_size:
+                fitted = blend._without_head(fitted)
+            fitted.info["valid"]["best"] = 2.95
+            fitted.info.pop("head", None)
+            return fitted
+        return fitted  # alpha 0.5: the head, 3.0: +1.7 % over 2.95, under min_gain (its own blend: +4.7 %)
+
+    monkeypatch.setattr(blend, "_fit_blend_once", fake)
+    got = fit_blend(tiny, config, hist, _head_validator(ridge, userknn))
+    assert got.scorer.head_size == 0 and got.info["user_alpha"] == 0.0
+    monkeypatch.setattr(blend, "_fit_blend_once", real)
+    kept = fit_blend(tiny, dataclasses.replace(config, user_alpha_grid=(0.5,)), hist, _head_validator(ridge, userknn))
+    assert kept.scorer.head == "ridge"
