@@ -323,6 +323,12 @@ class ItemToItemScorer:
                              shape=(len(rows), len(self.src_item_ids)))
 
 
+def row_counts(mask: np.ndarray) -> np.ndarray:
+    """``(n,)`` int64 true values per row of a 2-D bool array (its bytes summed:
+    faster than ``count_nonzero(axis=1)``)."""
+    return mask.view(np.uint8).sum(axis=1, dtype=np.uint32).astype(np.int64)
+
+
 def lift_head(out: np.ndarray, head: np.ndarray, size: int, offset: float) -> None:
     """Places each row's ``size`` best items of ``head`` above the rest of ``out``.
 

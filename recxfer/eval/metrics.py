@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from recxfer.types import row_counts
+
 
 def hit_matrix(ranked: np.ndarray, relevant: Sequence[np.ndarray], k: int) -> np.ndarray:
     """``(n_users, k)`` bool: whether ``ranked[u, r]`` is relevant to user ``u``."""
@@ -139,12 +141,6 @@ def tie_break_keys(users: np.ndarray, items: np.ndarray, seed: int = 0) -> np.nd
         return keys.reshape(np.broadcast_shapes(users.shape, items.shape))
 
 
-def _row_counts(mask: np.ndarray) -> np.ndarray:
-    """``(n,)`` int64 true values per row of a 2-D bool array (faster than
-    ``count_nonzero(axis=1)``)."""
-    return mask.view(np.uint8).sum(axis=1, dtype=np.uint32).astype(np.int64)
-
-
 def _relevant_pairs(relevant: Sequence[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique ``(owner, item)`` pairs of relevant items inside ``[0, n_items)``, sorted."""
     lengths = np.array([len(rel) for rel in relevant], dtype=np.int64)
@@ -206,9 +202,9 @@ def relevant_ranks(
         pick = ranked[start : start + block]  # (b,) pairs
         rows = scores[owner[pick]]  # (b, I)
         s = own[pick][:, None]  # (b, 1)
-        above = _row_counts(rows > s)  # (b,)
+        above = row_counts(rows > s)  # (b,)
         tied = rows == s  # (b, I), the item itself included
-        n_tied = _row_counts(tied)  # (b,)
+        n_tied = row_counts(tied)  # (b,)
         ahead = np.zeros(len(pick), dtype=np.int64)  # tied items whose key comes first
         multi = np.flatnonzero(n_tied > 1)  # pairs with a real tie
         who = users[owner[pick[multi]]]  # (m,)
@@ -219,7 +215,7 @@ def relevant_ranks(
             distinct, which = np.unique(who[dense], return_inverse=True)  # (u,), (d,)
             keys = tie_break_keys(distinct[:, None], np.arange(n_items)[None, :], seed)  # (u, I)
             first = tied[multi[dense]] & (keys[which] < own_key[dense][:, None])  # (d, I)
-            ahead[multi[dense]] = _row_counts(first)
+            ahead[multi[dense]] = row_counts(first)
         if not dense.all():
             sparse = multi[~dense]
             pair, other = np.nonzero(tied[sparse])  # (t,), (t,): each tied item of each pair

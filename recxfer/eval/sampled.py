@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from recxfer.eval.metrics import _row_counts
+from recxfer.types import row_counts
 
 SAMPLED_KEYS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 
@@ -54,7 +54,7 @@ def sampled_ranks(pos_scores: np.ndarray, neg_scores: np.ndarray, seed: int = 0)
 def _counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(n,)`` int64 ``#(neg > pos)`` and ``#(neg == pos)`` per row of ``neg``
     ``(n, n_neg)`` against ``pos`` ``(n, 1)``."""
-    return (_row_counts(neg > pos), _row_counts(neg == pos))
+    return (row_counts(neg > pos), row_counts(neg == pos))
 
 
 def _tie_broken(greater: np.ndarray, equal: np.ndarray, seed: int) -> np.ndarray:
@@ -221,7 +221,8 @@ def expected_sampled_metrics_scores(
             raise ValueError("scores contain nan (a diverged model?)")
         per = scores[owner]  # (c, I): each instance's user row
         pos = per[np.arange(len(owner)), instance_item[start:stop]][:, None]  # (c, 1)
-        q[start:start + len(owner)] = ((per > pos).sum(axis=1) + 0.5 * (per == pos).sum(axis=1)) / n_items
+        greater, equal = _counts(pos, per)
+        q[start:start + len(owner)] = (greater + 0.5 * equal) / n_items
     j = np.arange(10)
     pmf = binom.pmf(j[None, :], n_neg, q[:, None])  # (n, 10): P(B = j)
     gain = 1.0 / np.log2(j + 2.0)

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recxfer.types import row_counts
+
 
 @dataclass(frozen=True)
 class SourceTargetMatrices:
@@ -161,14 +163,10 @@ def _top_n_columns(magnitude: np.ndarray, n: int) -> np.ndarray:
     threshold = np.partition(magnitude, n_cols - n, axis=1)[:, n_cols - n : n_cols - n + 1]  # (rows, 1) n-th largest
     above = magnitude > threshold
     tied = magnitude == threshold
-    need = n - _true_per_row(above)  # (rows,) ties to take, lowest columns first
+    need = n - row_counts(above)  # (rows,) ties to take, lowest columns first
     take = above | tied
-    cut = np.flatnonzero(_true_per_row(tied) > need)  # rows with more ties than places
+    cut = np.flatnonzero(row_counts(tied) > need)  # rows with more ties than places
     if len(cut):
         ties = tied[cut]
         take[cut] = above[cut] | (ties & (np.cumsum(ties, axis=1) <= need[cut, None]))
     return np.nonzero(take)[1].reshape(magnitude.shape[0], n)
-
-
-def _true_per_row(mask: np.ndarray) -> np.ndarray:
-    return mask.view(np.uint8).sum(axis=1, dtype=np.int64)
