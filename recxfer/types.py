@@ -291,12 +291,12 @@ class ItemToItemScorer:
             top = float(self.popularity.max(initial=0.0))
             if top > 0:
                 out += np.float32(self.pop_weight / top) * self.popularity[None, :]
-        for matrix, weight in zip(self.matrices, self.weights):
-            if weight:
-                _add_scaled_product(out, hist, matrix, weight)
-        if self.head_size:
-            head = np.zeros((n, n_tgt), np.float32)
-            _add_scaled_product(head, hist, self.matrices[self.names.index(self.head)], 1.0)
+        head_at = self.names.index(self.head) if self.head_size else -1
+        head = np.zeros((n, n_tgt), np.float32) if self.head_size else None
+        for c, (matrix, weight) in enumerate(zip(self.matrices, self.weights)):
+            if weight or c == head_at:  # the head's product is computed once, also when weighted
+                _add_scaled_product(out, hist, matrix, weight, head if c == head_at else None)
+        if head is not None:
             lift_head(out, head, self.head_size, self.head_offset)
         return out
 
@@ -354,12 +354,15 @@ def lift_head(out: np.ndarray, head: np.ndarray, size: int, offset: float) -> No
 _PRODUCT_BLOCK_FLOATS = 1 << 22
 
 
-def _add_scaled_product(out: np.ndarray, hist: Any, matrix: Any, weight: float) -> None:
+def _add_scaled_product(out: np.ndarray, hist: Any, matrix: Any, weight: float,
+                        normalised: np.ndarray | None = None) -> None:
     """``out += weight * p / max_j |p_j|`` row by row, ``p = hist @ matrix``.
 
     ``hist`` is a ``(n, n_src)`` csr history batch, ``matrix`` a ``(n_src, n_tgt)``
     csr component, ``out`` ``(n, n_tgt)`` float32; an all-zero row of ``p`` adds
-    nothing. The product is the history rows' entries of ``matrix`` gathered and
+    nothing (nor does ``weight`` 0). ``normalised`` (``(n, n_tgt)`` float32, or
+    ``None``) also receives ``p / max_j |p_j|`` from the same product: the head's
+    scores, the same float32 values a product of its own at weight 1 would give. The product is the history rows' entries of ``matrix`` gathered and
     summed per target column (``bincount``, float64): ``O(h x per_row)`` for a
     history of ``h`` items plus one pass over the row's ``n_tgt`` scores, with no
     sparse-product bookkeeping (2x faster than ``hist @ matrix`` for one query at
@@ -378,10 +381,14 @@ def _add_scaled_product(out: np.ndarray, hist: Any, matrix: Any, weight: float) 
         weights = matrix.data[entries].astype(np.float64) * np.repeat(block.data.astype(np.float64), lens)
         part = np.bincount(owner * n_tgt + matrix.indices[entries], weights=weights,
                            minlength=block.shape[0] * n_tgt).reshape(block.shape[0], n_tgt)
-        scale = np.abs(part).max(axis=1, keepdims=True)  # (m, 1)
-        np.divide(float(weight), scale, out=scale, where=scale > 0)
-        part *= scale
-        out[start : start + step] += part.astype(np.float32)
+        top = np.abs(part).max(axis=1, keepdims=True)  # (m, 1)
+        if normalised is not None:
+            unit = np.divide(1.0, top, out=top.copy(), where=top > 0)
+            normalised[start : start + step] = part * unit
+        if weight:
+            scale = np.divide(float(weight), top, out=top, where=top > 0)
+            part *= scale
+            out[start : start + step] += part.astype(np.float32)
 
 
 @dataclass(frozen=True)

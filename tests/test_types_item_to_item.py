@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recxfer.types import ItemToItemScorer
+from recxfer.types import ItemToItemScorer, lift_head
 
 N_SRC, N_TGT = 4, 5
 SRC_IDS = np.array([f"s{i}" for i in range(N_SRC)], dtype=object)
@@ -272,3 +272,24 @@ def test_head_must_name_a_component() -> None:
         with pytest.raises(ValueError, match="head"):
             ItemToItemScorer(SRC_IDS, TGT_IDS, base.names, base.matrices, base.weights, POP, 0.2,
                              head=head, head_size=size)
+
+
+def test_a_weighted_head_reuses_its_product_bit_for_bit() -> None:
+    """The head's component, also weighted in the blend, is multiplied once: the
+    scores equal, to the last bit, the blend without a head lifted by a product of
+    the head's own (what scoring did before the product was shared)."""
+    rng = np.random.default_rng(3)
+    n_src, n_tgt = 40, 300
+    src_ids = np.array([f"s{i}" for i in range(n_src)], dtype=object)
+    tgt_ids = np.array([f"t{j}" for j in range(n_tgt)], dtype=object)
+    mats = tuple(sp.random(n_src, n_tgt, density=0.1, format="csr", dtype=np.float32, random_state=s)
+                 for s in (1, 2))
+    hist = sp.csr_matrix((rng.random((25, n_src)) < 0.15).astype(np.float32))
+    pop = rng.integers(0, 50, n_tgt).astype(np.float32)
+    with_head = ItemToItemScorer(src_ids, tgt_ids, ("c0", "c1"), mats, (0.7, 0.3), pop, 0.1,
+                                 head="c1", head_size=7)
+    without = ItemToItemScorer(src_ids, tgt_ids, ("c0", "c1"), mats, (0.7, 0.3), pop, 0.1)
+    alone = ItemToItemScorer(src_ids, tgt_ids, ("c1",), mats[1:], (1.0,), pop, 0.0)
+    want = without.score(hist)
+    lift_head(want, alone.score(hist), 7, with_head.head_offset)
+    np.testing.assert_array_equal(with_head.score(hist), want)
