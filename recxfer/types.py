@@ -362,7 +362,8 @@ def _add_scaled_product(out: np.ndarray, hist: Any, matrix: Any, weight: float,
     csr component, ``out`` ``(n, n_tgt)`` float32; an all-zero row of ``p`` adds
     nothing (nor does ``weight`` 0). ``normalised`` (``(n, n_tgt)`` float32, or
     ``None``) also receives ``p / max_j |p_j|`` from the same product: the head's
-    scores, the same float32 values a product of its own at weight 1 would give. The product is the history rows' entries of ``matrix`` gathered and
+    scores, the same float32 values a product of its own at weight 1 would give.
+    The product is the history rows' entries of ``matrix`` gathered and
     summed per target column (``bincount``, float64): ``O(h x per_row)`` for a
     history of ``h`` items plus one pass over the row's ``n_tgt`` scores, with no
     sparse-product bookkeeping (2x faster than ``hist @ matrix`` for one query at
