@@ -1,9 +1,12 @@
 """``ease``: the closed-form linear item-item model (Steck, 2019) on the joint
 source ∪ target item matrix; its source → target block scores a cold user's history.
 
-``B = I - P / diag(P)`` with ``P = (X^T X + l2 I)^-1``; ``diag(B) = 0``. The dense
-``(n, n)`` inverse needs ``8 n^2`` bytes and ``O(n^3)`` time for ``n`` joint items, so
-catalogues above ``max_items`` are refused.
+``B = I - P / diag(P)`` with ``P = (X^T X + l2 I)^-1``; ``diag(B) = 0``. It is solved
+in the smaller of two spaces: the items' (the ``(n, n)`` Gram ``X^T X`` of ``n`` joint
+items) or, with fewer users than joint items, the users' (Woodbury:
+``P = (I - X^T (X X^T + l2 I)^-1 X) / l2``, the ``(u, u)`` Gram of ``u`` users). One
+eigendecomposition serves every ``l2`` either way; its dense matrix needs ``8 r^2``
+bytes and ``O(r^3)`` time, ``r = min(n, u)``, so above ``max_items`` it is refused.
 """
 
 from __future__ import annotations
@@ -39,30 +42,62 @@ class CatalogueTooLargeError(ValueError):
     """A closed-form method was asked to invert a matrix that does not fit."""
 
 
-def check_size(n: int, max_items: int, method: str) -> None:
-    """Refuse ``n`` items above ``max_items`` with the memory it would take."""
+def check_size(n: int, max_items: int, method: str, unit: str = "items") -> None:
+    """Refuse a dense ``n x n`` system above ``max_items`` with the memory it would
+    take; ``unit`` names what ``n`` counts (``"items"``, ``"users"``)."""
     if n > max_items:
         raise CatalogueTooLargeError(
-            f"{method}: {n} items need a dense {n}x{n} inverse ({8 * n * n / 2**30:.1f} GiB); "
+            f"{method}: {n} {unit} need a dense {n}x{n} inverse ({8 * n * n / 2**30:.1f} GiB); "
             f"the limit is max_items={max_items}: use itemknn or blend on this catalogue"
         )
 
 
 def ease_matrices(m: SourceTargetMatrices, l2_values: tuple[float, ...], top_n: int,
-                  max_items: int) -> dict[float, sp.csr_matrix]:
-    """``l2 -> (n_src, n_tgt)`` csr source → target block of EASE's ``B`` (one Gram
-    matrix and one eigendecomposition serve every ``l2``)."""
-    n_src = m.src.shape[1]
-    check_size(n_src + m.tgt.shape[1], max_items, "ease")
+                  max_items: int, space: str = "auto") -> dict[float, sp.csr_matrix]:
+    """``l2 -> (n_src, n_tgt)`` csr source → target block of EASE's ``B``, the
+    ``top_n`` largest magnitudes per source item.
+
+    ``space``: ``"primal"`` (the joint items' Gram), ``"dual"`` (the users' Gram: the
+    same ``B`` by Woodbury) or ``"auto"``, the smaller one; ``max_items`` bounds its
+    size. Only the block and ``P``'s target diagonal are formed, never ``P``."""
+    if space not in ("auto", "primal", "dual"):
+        raise ValueError(f"space must be 'auto', 'primal' or 'dual', got {space!r}")
     joint = sp.hstack([m.src, m.tgt]).tocsr()
+    joint = joint[np.diff(joint.indptr) > 0]  # (u, n) users with a row: the others add nothing
+    n_src, (n_users, n_items) = m.src.shape[1], joint.shape
+    dual = n_users < n_items if space == "auto" else space == "dual"
+    if dual:
+        check_size(n_users, max_items, "ease", "users")
+        blocks = _dual_blocks(joint, n_src, l2_values)
+    else:
+        check_size(n_items, max_items, "ease")
+        blocks = _primal_blocks(joint, n_src, l2_values)
+    return {l2: top_n_per_row(block.numpy().astype(np.float32), top_n) for l2, block in blocks}
+
+
+def _primal_blocks(joint: sp.csr_matrix, n_src: int, l2_values: tuple[float, ...]):
+    """``(l2, (n_src, n_tgt) block)`` pairs from ``G = X^T X = V diag(e) V^T``:
+    ``P_st = sum_k V_sk V_tk / (e_k + l2)``, ``B_st = -P_st / P_tt``."""
     gram = torch.from_numpy((joint.T @ joint).toarray().astype(np.float64))  # (n, n)
     evals, evecs = torch.linalg.eigh(gram)
-    out = {}
     src_vecs, tgt_vecs = evecs[:n_src], evecs[n_src:]  # (n_src, n), (n_tgt, n)
     for l2 in l2_values:
-        # only the source -> target block of P = (G + l2 I)^-1 and P's target diagonal
-        inv_block = (src_vecs / (evals + l2)) @ tgt_vecs.T  # (n_src, n_tgt)
-        inv_diag = ((tgt_vecs**2) / (evals + l2)).sum(dim=1)  # (n_tgt,)
-        block = -inv_block / inv_diag[None, :]  # (n_src, n_tgt)
-        out[l2] = top_n_per_row(block.numpy().astype(np.float32), top_n)
-    return out
+        inv_block = (src_vecs / (evals + l2)) @ tgt_vecs.T  # (n_src, n_tgt) P's block
+        inv_diag = ((tgt_vecs**2) / (evals + l2)).sum(dim=1)  # (n_tgt,) P's target diagonal
+        yield l2, -inv_block / inv_diag[None, :]
+
+
+def _dual_blocks(joint: sp.csr_matrix, n_src: int, l2_values: tuple[float, ...]):
+    """The same pairs from ``K = X X^T = U diag(e) U^T`` and ``Y = U^T X``: off the
+    diagonal ``l2 P_st = -sum_k Y_ks Y_kt / (e_k + l2)``, on it ``l2 P_tt = 1 -
+    sum_k Y_kt^2 / (e_k + l2)``, so ``B_st = (Y_s^T W Y_t) / (1 - Y_t^T W Y_t)``,
+    ``W = diag(1 / (e + l2))``."""
+    gram = torch.from_numpy((joint @ joint.T).toarray().astype(np.float64))  # (u, u)
+    evals, evecs = torch.linalg.eigh(gram)
+    proj = torch.from_numpy(joint.T.tocsr().astype(np.float64) @ evecs.numpy()).T  # (u, n) Y
+    src_proj, tgt_proj = proj[:, :n_src], proj[:, n_src:]  # (u, n_src), (u, n_tgt)
+    for l2 in l2_values:
+        weights = 1.0 / (evals + l2)  # (u,)
+        cross = (src_proj * weights[:, None]).T @ tgt_proj  # (n_src, n_tgt)
+        diag = 1.0 - (tgt_proj**2 * weights[:, None]).sum(dim=0)  # (n_tgt,) l2 P_tt > 0
+        yield l2, cross / diag[None, :]
