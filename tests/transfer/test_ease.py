@@ -83,7 +83,10 @@ def test_refuses_a_system_above_max_items_in_the_space_it_solves(tiny) -> None:
     assert ease_matrices(tiny, (1.0,), 100, max_items=9, space="primal")  # the limit itself is allowed
     with pytest.raises(CatalogueTooLargeError, match=r"ease: 8 users need a dense 8x8 inverse .*max_items=7"):
         ease_matrices(tiny, (1.0,), 100, max_items=7)
-    assert ease_matrices(tiny, (1.0,), 100, max_items=8)  # the users' system fits where the items' does not
+    # the users' 8x8 system fits max_items=8, but its (8, 9) projection is above 8^2 floats
+    with pytest.raises(CatalogueTooLargeError, match=r"ease: 8 users x 9 joint items .*8x9 projection.*=64"):
+        ease_matrices(tiny, (1.0,), 100, max_items=8)
+    assert ease_matrices(tiny, (1.0,), 100, max_items=9)
     with pytest.raises(ValueError, match="space must be"):
         ease_matrices(tiny, (1.0,), 100, max_items=8, space="items")
 
@@ -134,3 +137,17 @@ def test_config_validation() -> None:
         EASEConfig(l2=0.0)
     with pytest.raises(ValueError, match="l2"):
         EASEConfig(l2_grid=(-1.0,))
+
+
+def test_the_dual_block_in_chunks_equals_the_whole(tiny, truth, monkeypatch) -> None:
+    """The users' space forms the block a few source rows at a time (memory): 1, 3 or
+    every row per chunk give the same matrix."""
+    import recxfer.transfer.ease as ease
+
+    n_src = truth.S.shape[1]
+    expected = naive_ease_loop(np.hstack([truth.S, truth.T]), 2.0)[:n_src, n_src:]
+    for chunk in (1, 3, 4096):
+        monkeypatch.setattr(ease, "_CHUNK", chunk)
+        out = ease_matrices(tiny, (2.0,), 100, 100, "dual")[2.0]
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out.toarray(), expected, rtol=1e-5, atol=1e-6)
